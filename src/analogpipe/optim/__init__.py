@@ -1,0 +1,3 @@
+from analogpipe.optim.analog_sgd import AnalogSGD
+
+__all__ = ["AnalogSGD"]

@@ -1,0 +1,114 @@
+"""The crossbar periphery: DAC/ADC quantization, noise management, output noise and bounds.
+
+Conventions follow aihwkit's `IOParameters` (see shared/reference/aihwkit-semantics.md):
+a resolution r in (0, 1) gives a quantization step r * 2 * bound, r <= 0 disables it; Q rounds
+half to even; output noise is added in normalized units before the ADC, then the output is
+quantized and clipped. Differences from aihwkit: no iterative bound management (outputs that hit
+`out_bound` stay clipped, as in aihwkit's backward pass), and no input noise / IR drop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from analogpipe.errors import check
+
+NOISE_MANAGEMENT = ("abs_max", "none")
+
+
+def res_for_bits(bits: int) -> float:
+    """aihwkit's resolution for an n-bit converter: 1/(2^n - 2), i.e. 2^n - 1 levels."""
+    check(isinstance(bits, int) and bits >= 2, "bits", bits, "an integer >= 2")
+    return 1.0 / (2**bits - 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IOConfig:
+    """One MVM direction's periphery (forward or backward).
+
+    is_perfect: exact floating-point MVM (reproduces torch.nn.functional.linear bit for bit).
+    noise_management: "abs_max" divides each input vector by its abs-max before the DAC.
+    inp_bound / inp_res: DAC range and resolution; out_bound / out_res: ADC range, resolution.
+    out_noise: std of additive Gaussian output noise in normalized units (0.005 = 0.5%).
+    """
+
+    is_perfect: bool = False
+    noise_management: str = "abs_max"
+    inp_bound: float = 1.0
+    inp_res: float = 1 / 254
+    out_bound: float = 12.0
+    out_res: float = 1 / 254
+    out_noise: float = 0.005
+
+    def __post_init__(self) -> None:
+        check(self.noise_management in NOISE_MANAGEMENT, "io.noise_management",
+              self.noise_management, f"one of {NOISE_MANAGEMENT}")
+        check(self.inp_bound > 0 and math.isfinite(self.inp_bound), "io.inp_bound",
+              self.inp_bound, "a finite value > 0")
+        check(self.out_bound > 0, "io.out_bound", self.out_bound, "a value > 0 (inf allowed)")
+        for f in ("inp_res", "out_res"):
+            v = getattr(self, f)
+            check(v < 1 and math.isfinite(v), f"io.{f}", v,
+                  "a resolution below 1 (1/(2^bits-2)), or <= 0 for no quantization")
+        check(self.out_noise >= 0 and math.isfinite(self.out_noise), "io.out_noise",
+              self.out_noise, "a finite value >= 0")
+
+    @classmethod
+    def bits(cls, inp_bits: int = 8, out_bits: int = 8, **kw: float) -> IOConfig:
+        """Periphery with n-bit DAC and ADC."""
+        return cls(inp_res=res_for_bits(inp_bits), out_res=res_for_bits(out_bits), **kw)
+
+    @classmethod
+    def perfect(cls) -> IOConfig:
+        return cls(is_perfect=True, noise_management="none", inp_res=0, out_res=0, out_noise=0,
+                   out_bound=math.inf)
+
+    @property
+    def inp_step(self) -> float:
+        return self.inp_res * 2 * self.inp_bound if self.inp_res > 0 else 0.0
+
+    @property
+    def out_step(self) -> float:
+        return self.out_res * 2 * self.out_bound if self.out_res > 0 else 0.0
+
+
+def quantize(v: Tensor, step: float, bound: float) -> Tensor:
+    """round(v/step)*step (half to even), clipped to [-bound, bound]; step 0 only clips."""
+    if step > 0:
+        v = torch.round(v / step) * step
+    if math.isfinite(bound):
+        v = v.clamp(-bound, bound)
+    return v
+
+
+def analog_mvm(
+    inp: Tensor, weight: Tensor, io: IOConfig, generator: torch.Generator | None,
+    transposed: bool = False,
+) -> Tensor:
+    """One MVM per row of `inp` through the periphery.
+
+    inp: [S, in] rows (batch rows or conv patches); weight: [out, in] conductances.
+    Forward: y = W x; transposed (backward): z = W^T d, with inp = d of shape [S, out].
+    Returns [S, out] (or [S, in] when transposed).
+    """
+    w = weight.t() if not transposed else weight  # matmul operand: rows @ w
+    if io.is_perfect:
+        return inp @ w
+    if io.noise_management == "abs_max":
+        alpha = inp.abs().amax(dim=-1, keepdim=True)
+        # a zero row stays exactly zero (aihwkit: alpha = 0 gives output 0)
+        x = inp / torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+    else:
+        alpha = None
+        x = inp
+    x = quantize(x, io.inp_step, io.inp_bound)
+    y = x @ w
+    if io.out_noise > 0:
+        y = y + io.out_noise * torch.randn(y.shape, generator=generator, device=y.device,
+                                           dtype=y.dtype)
+    y = quantize(y, io.out_step, io.out_bound)
+    return y * alpha if alpha is not None else y

@@ -1,0 +1,257 @@
+"""The crossbar tile: conductances + device state + periphery + a stash of pending updates.
+
+A tile holds W [out, in] in conductance units. The logical weight of the layer is
+`out_scale[:, None] * W` where `out_scale` is a digital per-output-column factor (fixed mapping
+or learnable, aihwkit's `weight_scaling_omega` + `learn_out_scaling`).
+
+The seam with the pipeline: the backward pass *stashes* what the update needs (the gradient
+products, or the raw (x, d) rows for pulsed updates) and `apply_update(lr, count)` applies the
+oldest `count` stash entries later. The schedule decides when; the MVMs always read the current
+conductances, so a forward and a backward can see different weight versions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from analogpipe.devices import (
+    DeviceConfig,
+    DeviceState,
+    apply_pulses,
+    clip_to_bounds,
+    expected_update,
+    sample_device_state,
+)
+from analogpipe.errors import check
+from analogpipe.tiles.io import IOConfig, analog_mvm
+from analogpipe.tiles.pulses import UpdateConfig, pulse_counts
+
+
+@dataclass(frozen=True, kw_only=True)
+class MappingConfig:
+    """Digital periphery mapping layer weights onto conductances.
+
+    weight_scaling_omega: if set, each output row is programmed so that its largest |w| equals
+        omega (in conductance units), and the row's scale goes to `out_scale`; None programs the
+        weights as they are (clipped to the device range).
+    learn_out_scaling: `out_scale` is a trainable digital parameter (plain SGD).
+    """
+
+    weight_scaling_omega: float | None = None
+    learn_out_scaling: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_scaling_omega is not None:
+            check(self.weight_scaling_omega > 0, "mapping.weight_scaling_omega",
+                  self.weight_scaling_omega, "a value > 0 (and below the device's w_max), or None")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TileConfig:
+    """Everything that defines an analog tile (aihwkit's RPUConfig). Plain data, no classes."""
+
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    forward: IOConfig = field(default_factory=IOConfig)
+    backward: IOConfig = field(default_factory=IOConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+
+    def __post_init__(self) -> None:
+        om = self.mapping.weight_scaling_omega
+        if om is not None and self.device.name != "ideal":
+            check(om <= self.device.w_max and om <= -self.device.w_min,
+                  "mapping.weight_scaling_omega", om,
+                  f"a value within the device range [{self.device.w_min}, {self.device.w_max}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TileConfig:
+        return cls(
+            device=DeviceConfig(**d["device"]),
+            forward=IOConfig(**d["forward"]),
+            backward=IOConfig(**d["backward"]),
+            update=UpdateConfig(**d["update"]),
+            mapping=MappingConfig(**d["mapping"]),
+        )
+
+    @property
+    def is_digital_equivalent(self) -> bool:
+        """Ideal device, perfect IO, no mapping: the tile is exact digital SGD."""
+        return (self.device.name == "ideal" and self.forward.is_perfect
+                and self.backward.is_perfect and self.mapping.weight_scaling_omega is None
+                and not self.mapping.learn_out_scaling and self.update.mode == "expected")
+
+
+class AnalogTile(nn.Module):
+    """A crossbar array of `out_size x in_size` devices with its periphery."""
+
+    def __init__(self, out_size: int, in_size: int, config: TileConfig, seed: int = 0) -> None:
+        super().__init__()
+        check(out_size >= 1 and in_size >= 1, "tile size", (out_size, in_size), "sizes >= 1")
+        self.out_size, self.in_size, self.config, self.seed = out_size, in_size, config, seed
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("weight", torch.zeros(out_size, in_size))
+        state = sample_device_state(config.device, (out_size, in_size), gen)
+        self._state_fields: list[str] = []
+        self._state_scalars: dict[str, float] = {}
+        for name, value in vars(state).items():
+            if isinstance(value, Tensor):
+                self.register_buffer(f"dev_{name}", value)
+                self._state_fields.append(name)
+            else:
+                self._state_scalars[name] = value
+        m = config.mapping
+        if m.learn_out_scaling:
+            self.out_scale: Tensor | None = nn.Parameter(torch.ones(out_size))
+        elif m.weight_scaling_omega is not None:
+            self.register_buffer("out_scale", torch.ones(out_size))
+        else:
+            self.out_scale = None
+        # run-time randomness (output noise, pulse trains): its own seeded generator
+        self._gen_seed = seed + 1_000_003
+        self._generator: torch.Generator | None = None
+        self._stash: deque[tuple[Tensor, Tensor | None]] = deque()
+
+    # --- state -------------------------------------------------------------------------
+    @property
+    def device_state(self) -> DeviceState:
+        values = dict(self._state_scalars)
+        values.update({n: getattr(self, f"dev_{n}") for n in self._state_fields})
+        return DeviceState(**values)
+
+    @property
+    def generator(self) -> torch.Generator:
+        dev = self.weight.device
+        if self._generator is None or self._generator.device != dev:
+            self._generator = torch.Generator(device=dev).manual_seed(self._gen_seed)
+        return self._generator
+
+    @torch.no_grad()
+    def set_weights(self, w: Tensor) -> None:
+        """Program logical weights [out, in]: map rows by omega (if set) and clip to bounds."""
+        check(tuple(w.shape) == (self.out_size, self.in_size), "weights shape", tuple(w.shape),
+              f"{(self.out_size, self.in_size)}")
+        w = w.detach().to(self.weight)
+        om = self.config.mapping.weight_scaling_omega
+        if om is not None:
+            row_max = w.abs().amax(dim=1)
+            scale = torch.where(row_max > 0, row_max / om, torch.ones_like(row_max))
+            self.out_scale.data.copy_(scale)
+            w = w / scale[:, None]
+        self.weight.copy_(w)
+        clip_to_bounds(self.weight, self.device_state, self.config.device)
+
+    @torch.no_grad()
+    def get_weights(self) -> Tensor:
+        """Logical weights out_scale * W (a copy)."""
+        if self.out_scale is None:
+            return self.weight.clone()
+        return self.out_scale.detach()[:, None] * self.weight
+
+    def saturation(self) -> Tensor:
+        """|w| / bound per element (the SPEC's saturation); zeros for an ideal device."""
+        if self.config.device.name == "ideal":
+            return torch.zeros_like(self.weight)
+        st = self.device_state
+        return torch.where(self.weight >= 0, self.weight / st.b_max, self.weight / st.b_min)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        gen = self._generator
+        return {"seed": self.seed, "config": self.config.to_dict(),
+                "generator": None if gen is None else gen.get_state(),
+                "generator_device": None if gen is None else str(gen.device)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("generator") is not None:
+            self._generator = None
+            gen = self.generator
+            if str(gen.device) == state["generator_device"]:
+                gen.set_state(state["generator"])
+
+    # --- MVMs (rows are batch rows or conv patches) ------------------------------------
+    def forward_rows(self, x: Tensor) -> Tensor:
+        """y = W x through the forward periphery. x: [S, in] -> [S, out]."""
+        return analog_mvm(x, self.weight, self.config.forward, self.generator)
+
+    def backward_rows(self, d: Tensor) -> Tensor:
+        """z = W^T d through the backward periphery, on the *current* W. d: [S, out] -> [S, in]."""
+        return analog_mvm(d, self.weight, self.config.backward, self.generator, transposed=True)
+
+    # --- stash and update ---------------------------------------------------------------
+    @property
+    def needs_rows(self) -> bool:
+        """Pulsed updates need every sample's (x, d); expected ones only gradient products."""
+        return self.config.update.mode == "pulsed"
+
+    @property
+    def needs_abs_product(self) -> bool:
+        u = self.config.update
+        return (u.mode == "expected" and u.granularity == "sample"
+                and self.config.device.name != "ideal")
+
+    def stash_rows(self, x: Tensor, d: Tensor) -> None:
+        """Stash one micro-batch's rows x [S, in], d [S, out] (d already includes out_scale)."""
+        x, d = x.detach(), d.detach()
+        if self.needs_rows:
+            self._stash.append((x, d))
+        else:
+            grad = d.t().mm(x)
+            self._stash.append((grad, d.abs().t().mm(x.abs()) if self.needs_abs_product else None))
+
+    def stash_products(self, grad: Tensor, abs_product: Tensor | None) -> None:
+        """Stash precomputed sum_s d_s x_s^T (and sum_s |d_s| |x_s|^T) for expected updates."""
+        self._stash.append((grad.detach(), None if abs_product is None else abs_product.detach()))
+
+    @property
+    def pending(self) -> int:
+        return len(self._stash)
+
+    def clear_stash(self) -> None:
+        self._stash.clear()
+
+    @torch.no_grad()
+    def apply_update(self, lr: float, count: int | None = None) -> None:
+        """Apply the oldest `count` stash entries (all if None) as one update with rate lr."""
+        check(lr >= 0 and math.isfinite(lr), "lr", lr, "a finite value >= 0")
+        n = len(self._stash) if count is None else count
+        check(0 <= n <= len(self._stash), "update count", n,
+              f"at most the {len(self._stash)} pending stash entries")
+        if n == 0:
+            return
+        entries = [self._stash.popleft() for _ in range(n)]
+        cfg = self.config
+        if cfg.update.mode == "pulsed":
+            x = torch.cat([e[0] for e in entries]) if n > 1 else entries[0][0]
+            d = torch.cat([e[1] for e in entries]) if n > 1 else entries[0][1]
+            n_up, n_down = pulse_counts(x, d, lr, cfg.device.dw_min, cfg.update, self.generator)
+            self.weight.copy_(apply_pulses(self.weight, n_up, n_down, self.device_state,
+                                           cfg.device, self.generator))
+            return
+        grad = entries[0][0]
+        for e in entries[1:]:  # same accumulation order as autograd's .grad
+            grad = grad + e[0]
+        if cfg.device.name == "ideal":
+            self.weight.add_(grad, alpha=-lr)  # bit for bit torch.optim.SGD
+            return
+        if self.needs_abs_product:
+            prod = entries[0][1]
+            for e in entries[1:]:
+                prod = prod + e[1]
+            dw_abs = prod * lr
+        else:
+            dw_abs = grad.abs() * lr
+        self.weight.copy_(expected_update(self.weight, grad * -lr, dw_abs, self.device_state,
+                                          cfg.device))
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"{self.out_size}x{self.in_size}, device={c.device.name}, "
+                f"update={c.update.mode}/{c.update.granularity}")

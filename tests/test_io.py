@@ -1,0 +1,111 @@
+"""The periphery: quantizer levels, output noise, clipping, analog conv vs a patch loop."""
+
+import pytest
+import torch
+
+from analogpipe.devices import DeviceConfig
+from analogpipe.nn import AnalogConv2d, AnalogLinear
+from analogpipe.tiles import IOConfig, TileConfig, analog_mvm, quantize
+from analogpipe.tiles.tile import MappingConfig
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_n_bit_quantizer_has_exactly_2_pow_n_minus_1_levels(bits):
+    io = IOConfig.bits(bits, bits)
+    v = torch.linspace(-3, 3, 200_001, dtype=torch.float64)
+    q = quantize(v, io.inp_step, io.inp_bound)
+    levels = torch.unique(q)
+    n = 2**bits - 1
+    assert levels.numel() == n
+    expected = torch.arange(-(n // 2), n // 2 + 1, dtype=torch.float64) / (n // 2)
+    torch.testing.assert_close(levels, expected, rtol=0, atol=1e-12)
+
+
+def test_output_noise_spread_matches_out_noise():
+    io = IOConfig(inp_res=0, out_res=0, out_noise=0.05, out_bound=float("inf"))
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 32, generator=g) * 0.1
+    x = torch.randn(20_000, 32, generator=g)
+    alpha = x.abs().amax(1, keepdim=True)
+    clean = (x / alpha) @ w.t()
+    noisy = analog_mvm(x, w, io, g) / alpha
+    std = (noisy - clean).std().item()
+    # 320k draws: relative standard error of a std is 1/sqrt(2N) ~ 0.13%; allow 2%
+    assert abs(std / 0.05 - 1) < 0.02
+
+
+def test_outputs_clip_at_out_bound_and_inputs_at_inp_bound():
+    io = IOConfig(inp_res=0, out_res=0, out_noise=0.0, out_bound=2.0, noise_management="none")
+    w = torch.ones(3, 10)
+    x = torch.full((1, 10), 0.5)
+    assert torch.equal(analog_mvm(x, w, io, None), torch.full((1, 3), 2.0))
+    x = torch.full((1, 10), 5.0)  # inputs clip at inp_bound 1 -> sum 10 -> clipped to 2
+    assert torch.equal(analog_mvm(x, w, io, None), torch.full((1, 3), 2.0))
+    y = analog_mvm(torch.full((1, 10), -0.1), w, io, None)
+    assert torch.allclose(y, torch.full((1, 3), -1.0))
+
+
+def test_noise_management_zero_row_gives_zero_output_even_with_noise():
+    io = IOConfig(out_noise=0.1)
+    y = analog_mvm(torch.zeros(4, 5), torch.randn(3, 5), io, torch.Generator().manual_seed(0))
+    assert torch.equal(y, torch.zeros(4, 3))
+
+
+def _vector_reference(x, w, io):
+    """One MVM of one vector through the periphery, float64, written from the SPEC."""
+    alpha = x.abs().max()
+    xs = x / alpha if alpha > 0 else x
+    step = io.inp_res * 2 * io.inp_bound
+    xs = torch.clamp(torch.round(xs / step) * step, -io.inp_bound, io.inp_bound)
+    y = w @ xs
+    ostep = io.out_res * 2 * io.out_bound
+    y = torch.clamp(torch.round(y / ostep) * ostep, -io.out_bound, io.out_bound)
+    return y * alpha
+
+
+def test_analog_conv_equals_a_patch_by_patch_loop_reference():
+    io = IOConfig.bits(8, 8, out_noise=0.0, out_bound=3.0)
+    cfg = TileConfig(device=DeviceConfig(name="softbounds", w_max=1.0, w_min=-1.0),
+                     forward=io, backward=io, mapping=MappingConfig())
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1, bias=True)
+    layer = AnalogConv2d.from_digital(conv, cfg).double()
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    y = layer(x)
+    w = layer.tile.weight
+    xp = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    ho = wo = 4
+    ref = torch.zeros(2, 4, ho, wo, dtype=torch.float64)
+    for n in range(2):
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[n, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].reshape(-1)
+                ref[n, :, i, j] = _vector_reference(patch, w, io) + layer.bias
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-10)
+
+
+def test_analog_conv_backward_equals_fold_of_patch_errors():
+    """Backward MVM with ideal IO through the unfold path equals the autograd conv gradient."""
+    io = IOConfig(inp_res=0, out_res=0, out_noise=0.0, out_bound=float("inf"),
+                  noise_management="none")
+    cfg = TileConfig(device=DeviceConfig(name="ideal"), forward=io, backward=io)
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(2, 3, 3, stride=1, padding=1, bias=False).double()
+    layer = AnalogConv2d.from_digital(conv, cfg).double()
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    layer(x).sum().backward()
+    conv(x2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(layer.tile._stash[0][0], conv.weight.grad.reshape(3, -1))
+
+
+def test_linear_forward_uses_the_tile_periphery():
+    io = IOConfig.bits(8, 8, out_noise=0.0)
+    cfg = TileConfig(device=DeviceConfig(name="softbounds"), forward=io, backward=io)
+    lin = AnalogLinear(6, 3, bias=False, config=cfg)
+    lin.tile.set_weights(torch.full((3, 6), 0.1))
+    y = lin(torch.ones(2, 6))
+    # 6 * 0.1 = 0.6, quantized on the ADC grid of step 24/254
+    step = 24 / 254
+    assert torch.allclose(y, torch.full((2, 3), round(0.6 / step) * step))

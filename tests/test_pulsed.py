@@ -1,0 +1,139 @@
+"""Pulsed update: loop reference on the same draws, mean vs expected, granularities."""
+
+import torch
+
+from analogpipe.devices import DeviceConfig, apply_pulses, expected_update, sample_device_state
+from analogpipe.tiles.pulses import (
+    UpdateConfig,
+    coincidence_counts,
+    draw_pulse_trains,
+    pulse_counts,
+    pulse_probabilities,
+)
+
+TAU = 0.8
+
+
+def loop_reference(w, x_bits, d_bits, state, cfg):
+    """Every coincidence fires one pulse, slot by slot, sample by sample (float64)."""
+    w = w.clone().double()
+    s_n, t_n = x_bits.shape[:2]
+    for s in range(s_n):
+        for t in range(t_n):
+            for i in range(d_bits.shape[2]):
+                for j in range(x_bits.shape[2]):
+                    prod = d_bits[s, t, i] * x_bits[s, t, j]
+                    if prod == 0:
+                        continue
+                    if prod < 0:  # -lr d x > 0: up pulse
+                        w[i, j] += state.delta_up * (1 - w[i, j] / state.b_max)
+                    else:
+                        w[i, j] -= state.delta_down * (1 - w[i, j] / state.b_min)
+    return w
+
+
+def _problem(seed, s=1, n_in=5, n_out=4):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(s, n_in, generator=g, dtype=torch.float64)
+    d = torch.randn(s, n_out, generator=g, dtype=torch.float64)
+    w = (torch.rand(n_out, n_in, generator=g, dtype=torch.float64) * 2 - 1) * 0.6
+    return x, d, w
+
+
+def test_vectorised_pulses_equal_loop_reference_on_the_same_draws_single_sample():
+    cfg = DeviceConfig(name="softbounds", dw_min=0.01, w_max=TAU, w_min=-TAU)
+    state = sample_device_state(cfg, (4, 5))
+    ucfg = UpdateConfig(mode="pulsed")
+    for seed in range(5):
+        x, d, w = _problem(seed)
+        xb, db = draw_pulse_trains(x, d, 0.3, cfg.dw_min, ucfg, torch.Generator().manual_seed(seed))
+        assert xb.shape[1] > 1  # long trains: several pulses per element
+        n_up, n_down = coincidence_counts(xb, db)
+        fast = apply_pulses(w, n_up, n_down, state, cfg)
+        torch.testing.assert_close(fast, loop_reference(w, xb, db, state, cfg), rtol=0, atol=1e-12)
+
+
+def test_vectorised_pulses_across_samples_within_second_order_bound():
+    """Samples of opposite sign are applied from the same w: error <= dw * (dw/tau) * n^2."""
+    cfg = DeviceConfig(name="softbounds", dw_min=0.01, w_max=TAU, w_min=-TAU)
+    state = sample_device_state(cfg, (4, 5))
+    ucfg = UpdateConfig(mode="pulsed")
+    x, d, w = _problem(7, s=6)
+    xb, db = draw_pulse_trains(x, d, 0.2, cfg.dw_min, ucfg, torch.Generator().manual_seed(1))
+    n_up, n_down = coincidence_counts(xb, db)
+    fast = apply_pulses(w, n_up, n_down, state, cfg)
+    ref = loop_reference(w, xb, db, state, cfg)
+    bound = cfg.dw_min * (cfg.dw_min / TAU) * (n_up + n_down) ** 2 + 1e-12
+    assert ((fast - ref).abs() <= bound).all()
+    assert (n_up > 0).any() and (n_down > 0).any()
+
+
+def test_pulse_probabilities_follow_update_management():
+    x = torch.tensor([[0.5, -1.0, 0.25]])
+    d = torch.tensor([[2.0, -0.5]])
+    lr, dw = 0.05, 0.01
+    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw, UpdateConfig())
+    assert bl.item() == 10  # k = lr * max|x| * max|d| / dw = 10
+    # unclipped: p_x(x_max) = p_d(d_max) = sqrt(k / BL) = 1; E[coincidences] = lr|x||d|/dw
+    torch.testing.assert_close(p_x.max(), torch.tensor(1.0))
+    torch.testing.assert_close(bl * p_d.t() @ p_x, lr * d.abs().t() @ x.abs() / dw)
+
+
+def test_pulsed_mean_matches_per_sample_expected_update():
+    """Mean over R draws vs W + dW F - lr |D|^T |X| G, tolerance from the draw statistics."""
+    cfg = DeviceConfig(name="softbounds", dw_min=0.002, w_max=TAU, w_min=-TAU)
+    state = sample_device_state(cfg, (4, 5))
+    ucfg = UpdateConfig(mode="pulsed")
+    x, d, w = _problem(3, s=3)
+    x, d, w = x.float(), d.float(), w.float()
+    lr = 0.01
+    g = torch.Generator().manual_seed(0)
+    reps = 3000
+    xr, dr = x.repeat(reps, 1), d.repeat(reps, 1)
+    # one draw per repetition: counts of each repetition applied to the same w
+    deltas = []
+    for r0 in range(0, reps, 500):
+        xb, db = draw_pulse_trains(xr[r0 * 3:(r0 + 500) * 3], dr[r0 * 3:(r0 + 500) * 3], lr,
+                                   cfg.dw_min, ucfg, g)
+        xb = xb.reshape(500, 3 * xb.shape[1], 5)
+        db = db.reshape(500, 3 * db.shape[1], 4)
+        signed = torch.einsum("rti,rtj->rij", db, xb)
+        total = torch.einsum("rti,rtj->rij", db.abs(), xb.abs())
+        n_up, n_down = (total - signed) / 2, (total + signed) / 2
+        deltas.append(apply_pulses(w.expand(500, 4, 5), n_up, n_down, state, cfg) - w)
+    deltas = torch.cat(deltas)
+    mean, sem = deltas.mean(0), deltas.std(0) / reps**0.5
+    grad = d.t() @ x
+    exp = expected_update(w, -lr * grad, lr * d.abs().t() @ x.abs(), state, cfg) - w
+    n_mean = lr * d.abs().t() @ x.abs() / cfg.dw_min
+    second_order = cfg.dw_min * (cfg.dw_min / TAU) * n_mean**2
+    assert ((mean - exp).abs() <= 5 * sem + second_order + 1e-7).all()
+    # and the per-micro-batch expected update differs from it where samples disagree
+    micro = expected_update(w, -lr * grad, lr * grad.abs(), state, cfg) - w
+    assert (micro - exp).abs().max() > 10 * sem.max()
+
+
+def test_per_microbatch_and_per_sample_expected_differ_exactly_by_the_spec():
+    cfg = DeviceConfig.soft_bounds(TAU)
+    state = sample_device_state(cfg, (3, 4))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    d = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    x[1], d[1] = x[0], -d[0]  # opposite gradients: they cancel in G, not in sum |g_b|
+    w = torch.rand(3, 4, generator=g, dtype=torch.float64) * 0.5
+    lr = 0.1
+    grad = d.t() @ x
+    assert grad.abs().max() < 1e-15
+    per_mb = expected_update(w, -lr * grad, lr * grad.abs(), state, cfg)
+    per_s = expected_update(w, -lr * grad, lr * d.abs().t() @ x.abs(), state, cfg)
+    torch.testing.assert_close(per_mb, w)  # nothing happens
+    torch.testing.assert_close(per_mb - per_s, lr * (d.abs().t() @ x.abs()) * w / TAU)
+
+
+def test_pulse_counts_chunking_covers_all_samples():
+    cfg = UpdateConfig(mode="pulsed", chunk_elements=1024)
+    g = torch.Generator().manual_seed(0)
+    x, d = torch.ones(40, 8), torch.ones(40, 6)
+    # lr*|x||d|/dw = 1 exactly: every slot of BL=1 fires with p = 1 -> one pulse per sample
+    n_up, n_down = pulse_counts(x, d, 0.01, 0.01, cfg, g)
+    assert torch.equal(n_down, torch.full((6, 8), 40.0)) and torch.equal(n_up, torch.zeros(6, 8))
