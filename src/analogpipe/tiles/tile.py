@@ -115,9 +115,10 @@ class AnalogTile(nn.Module):
             self.register_buffer("out_scale", torch.ones(out_size))
         else:
             self.out_scale = None
-        # run-time randomness (output noise, pulse trains): its own seeded generator
-        self._gen_seed = seed + 1_000_003
-        self._generator: torch.Generator | None = None
+        # run-time randomness: one seeded generator per purpose (forward noise, backward noise,
+        # pulse trains), so that schedules which reorder forwards and backwards of different
+        # micro-batches (GPipe vs no pipeline) still draw the same numbers for each of them
+        self._generators: dict[str, torch.Generator] = {}
         self._stash: deque[tuple[Tensor, Tensor | None]] = deque()
 
     # --- state -------------------------------------------------------------------------
@@ -127,12 +128,15 @@ class AnalogTile(nn.Module):
         values.update({n: getattr(self, f"dev_{n}") for n in self._state_fields})
         return DeviceState(**values)
 
-    @property
-    def generator(self) -> torch.Generator:
+    def generator(self, purpose: str) -> torch.Generator:
+        """The tile's generator for 'forward', 'backward' or 'update' (on the weight's device)."""
         dev = self.weight.device
-        if self._generator is None or self._generator.device != dev:
-            self._generator = torch.Generator(device=dev).manual_seed(self._gen_seed)
-        return self._generator
+        gen = self._generators.get(purpose)
+        if gen is None or gen.device != dev:
+            offset = {"forward": 1, "backward": 2, "update": 3}[purpose]
+            gen = torch.Generator(device=dev).manual_seed(self.seed * 4 + offset + 1_000_003)
+            self._generators[purpose] = gen
+        return gen
 
     @torch.no_grad()
     def set_weights(self, w: Tensor) -> None:
@@ -164,26 +168,27 @@ class AnalogTile(nn.Module):
         return torch.where(self.weight >= 0, self.weight / st.b_max, self.weight / st.b_min)
 
     def get_extra_state(self) -> dict[str, Any]:
-        gen = self._generator
         return {"seed": self.seed, "config": self.config.to_dict(),
-                "generator": None if gen is None else gen.get_state(),
-                "generator_device": None if gen is None else str(gen.device)}
+                "generators": {k: (str(g.device), g.get_state())
+                               for k, g in self._generators.items()}}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        if state.get("generator") is not None:
-            self._generator = None
-            gen = self.generator
-            if str(gen.device) == state["generator_device"]:
-                gen.set_state(state["generator"])
+        self.seed = state["seed"]
+        self._generators = {}
+        for purpose, (device, gstate) in state.get("generators", {}).items():
+            gen = self.generator(purpose)
+            if str(gen.device) == device:  # a CPU state cannot seed a CUDA generator
+                gen.set_state(gstate)
 
     # --- MVMs (rows are batch rows or conv patches) ------------------------------------
     def forward_rows(self, x: Tensor) -> Tensor:
         """y = W x through the forward periphery. x: [S, in] -> [S, out]."""
-        return analog_mvm(x, self.weight, self.config.forward, self.generator)
+        return analog_mvm(x, self.weight, self.config.forward, self.generator("forward"))
 
     def backward_rows(self, d: Tensor) -> Tensor:
         """z = W^T d through the backward periphery, on the *current* W. d: [S, out] -> [S, in]."""
-        return analog_mvm(d, self.weight, self.config.backward, self.generator, transposed=True)
+        return analog_mvm(d, self.weight, self.config.backward, self.generator("backward"),
+                          transposed=True)
 
     # --- stash and update ---------------------------------------------------------------
     @property
@@ -231,9 +236,10 @@ class AnalogTile(nn.Module):
         if cfg.update.mode == "pulsed":
             x = torch.cat([e[0] for e in entries]) if n > 1 else entries[0][0]
             d = torch.cat([e[1] for e in entries]) if n > 1 else entries[0][1]
-            n_up, n_down = pulse_counts(x, d, lr, cfg.device.dw_min, cfg.update, self.generator)
+            gen = self.generator("update")
+            n_up, n_down = pulse_counts(x, d, lr, cfg.device.dw_min, cfg.update, gen)
             self.weight.copy_(apply_pulses(self.weight, n_up, n_down, self.device_state,
-                                           cfg.device, self.generator))
+                                           cfg.device, gen))
             return
         grad = entries[0][0]
         for e in entries[1:]:  # same accumulation order as autograd's .grad

@@ -1,0 +1,189 @@
+"""The single-process pipeline executor: interprets a Schedule on stage modules.
+
+Every stage is an `nn.Module` with its own `AnalogSGD`. Actions run in `execution_order`:
+
+- F(s, k): run stage s on micro-batch k's input (the data, or stage s-1's output detached into
+  a leaf, exactly what a receive would give) with the weights the stage holds *now*;
+- B(s, k): backpropagate micro-batch k through stage s from the loss (last stage) or from the
+  gradient stage s+1 produced for its input; analog layers read their conductances *now* and
+  stash their update;
+- U(s, mbs): stage s applies the stashed updates of those micro-batches (one AnalogSGD step).
+
+Which weight version a forward sees is therefore not a setting: it emerges from where the
+updates sit in each stage's action list. In the asynchronous 1F1B schedule the forward of
+micro-batch k at stage s runs after max(0, k-(M-1-s)) updates and its backward after k, the
+paper's staleness M - m. No weight copies are kept for that: as on hardware, there is one
+array per stage and activations are stashed digitally. Only PipeDream-style weight stashing
+(`schedule.weight_stashing`, a digital reference) keeps copies, one per micro-batch in flight
+on the stage (at most M - s); those copies are simulation bookkeeping standing in for the extra
+memory such a system would need, not something an analog accelerator could do cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from analogpipe.optim import AnalogSGD
+from analogpipe.pipeline.schedule import Action, Kind, Schedule, execution_order
+from analogpipe.tiles.tile import AnalogTile
+
+BatchFn = Callable[[int], tuple[Tensor, Tensor]]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class DivergenceError(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class MicrobatchRecord:
+    loss: float = math.nan  # mean loss of the micro-batch (unscaled)
+    correct: int = 0  # classification: number of arg-max hits
+    count: int = 0
+
+
+@dataclass
+class PipelineRun:
+    """What one interpretation of a schedule produced."""
+
+    records: dict[int, MicrobatchRecord] = field(default_factory=dict)
+    # (stage, micro-batch) -> (updates applied on the stage before its F, before its B)
+    versions: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    peak_in_flight: list[int] = field(default_factory=list)
+
+    @property
+    def losses(self) -> list[float]:
+        return [self.records[k].loss for k in sorted(self.records)]
+
+    def staleness(self, stage: int) -> dict[int, int]:
+        """Histogram {backward_version - forward_version: count} for one stage."""
+        hist: dict[int, int] = {}
+        for (s, _), (vf, vb) in self.versions.items():
+            if s == stage:
+                hist[vb - vf] = hist.get(vb - vf, 0) + 1
+        return hist
+
+
+def update_group_sizes(schedule: Schedule) -> dict[int, int]:
+    """Micro-batch k -> number of micro-batches its update averages over (last stage's U)."""
+    sizes: dict[int, int] = {}
+    for a in schedule.per_stage[-1]:
+        if a.kind is Kind.UPDATE:
+            for k in a.mbs:
+                sizes[k] = len(a.mbs)
+    return sizes
+
+
+class LocalPipeline:
+    """Stage modules + one optimizer per stage, driven by schedules."""
+
+    def __init__(self, stages: Sequence[nn.Module], lr: float, loss_fn: LossFn,
+                 momentum: float = 0.0, weight_decay: float = 0.0,
+                 optimizers: Sequence[AnalogSGD] | None = None) -> None:
+        self.stages = list(stages)
+        self.loss_fn = loss_fn
+        self.optimizers = list(optimizers) if optimizers is not None else [
+            AnalogSGD(m, lr=lr, momentum=momentum, weight_decay=weight_decay)
+            for m in self.stages
+        ]
+        self.version = [0] * len(self.stages)  # updates applied per stage (persist across runs)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers:
+            opt.lr = lr
+
+    def run(self, schedule: Schedule, batch: BatchFn, offset: int = 0) -> PipelineRun:
+        """Interpret `schedule`; micro-batch k of the schedule is `batch(offset + k)`."""
+        M = self.num_stages
+        if schedule.num_stages != M:
+            raise ValueError(f"schedule has {schedule.num_stages} stages but the pipeline has {M}")
+        group = update_group_sizes(schedule)
+        run = PipelineRun(peak_in_flight=[0] * M)
+        inputs: dict[tuple[int, int], Tensor] = {}  # leaf inputs of stage s for mb k
+        outputs: dict[tuple[int, int], Tensor] = {}  # stage outputs (graph) or scaled losses
+        targets: dict[int, Tensor] = {}
+        stash: dict[tuple[int, int], list[Tensor]] = {}  # PipeDream weight copies
+        pending: list[deque[int]] = [deque() for _ in range(M)]  # backwards awaiting update
+        in_flight = [0] * M
+
+        for a in execution_order(schedule):
+            s, k = a.stage, a.mb
+            if a.kind is Kind.FORWARD:
+                if s == 0:
+                    x, y = batch(offset + k)
+                    targets[k] = y
+                    inp = x
+                else:
+                    inp = outputs[(s - 1, k)].detach().requires_grad_()
+                    inputs[(s, k)] = inp
+                if schedule.weight_stashing:
+                    stash[(s, k)] = [t.detach().clone() for t in self._weights(s)]
+                out = self.stages[s](inp)
+                if s == M - 1:
+                    out = self._loss(out, targets.pop(k), k, group.get(k, 1), run)
+                outputs[(s, k)] = out
+                run.versions[(s, k)] = (self.version[s], -1)
+                in_flight[s] += 1
+                run.peak_in_flight[s] = max(run.peak_in_flight[s], in_flight[s])
+            elif a.kind is Kind.BACKWARD:
+                out = outputs.pop((s, k))
+                grad = None if s == M - 1 else inputs.pop((s + 1, k)).grad
+                if schedule.weight_stashing:
+                    self._backward_on(s, stash.pop((s, k)), out, grad)
+                else:
+                    out.backward(grad)
+                vf, _ = run.versions[(s, k)]
+                run.versions[(s, k)] = (vf, self.version[s])
+                pending[s].append(k)
+                in_flight[s] -= 1
+            elif a.kind is Kind.UPDATE:
+                got = [pending[s].popleft() for _ in range(len(a.mbs)) if pending[s]]
+                if tuple(got) != a.mbs:
+                    raise RuntimeError(
+                        f"update {a} must apply exactly the backwards done since the last "
+                        f"update on stage {s}, in order; pending were {got}")
+                self.optimizers[s].step(count=len(a.mbs))
+                self.version[s] += 1
+            # send/receive actions of a lowered schedule are no-ops in one process
+        return run
+
+    # ------------------------------------------------------------------------------------
+    def _loss(self, out: Tensor, y: Tensor, k: int, group: int, run: PipelineRun) -> Tensor:
+        loss = self.loss_fn(out, y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise DivergenceError(f"loss of micro-batch {k} is {value}")
+        rec = MicrobatchRecord(loss=value, count=int(y.shape[0]))
+        if out.dim() == 2 and y.dtype == torch.int64:
+            rec.correct = int((out.detach().argmax(1) == y).sum())
+        run.records[k] = rec
+        # an update averages the gradient over the micro-batches it covers
+        return loss / group if group != 1 else loss
+
+    def _weights(self, s: int) -> list[Tensor]:
+        """The tensors a weight version consists of: conductances and digital parameters."""
+        tiles = [m.weight for m in self.stages[s].modules() if isinstance(m, AnalogTile)]
+        return tiles + [p.data for p in self.stages[s].parameters()]
+
+    def _backward_on(self, s: int, version: list[Tensor], out: Tensor,
+                     grad: Tensor | None) -> None:
+        """Backward with the weights of the micro-batch's own forward (PipeDream stashing)."""
+        live = self._weights(s)
+        current = [t.clone() for t in live]
+        with torch.no_grad():
+            for t, v in zip(live, version):
+                t.copy_(v)
+        out.backward(grad)
+        with torch.no_grad():
+            for t, c in zip(live, current):
+                t.copy_(c)
