@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from analogpipe.optim import AnalogSGD
-from analogpipe.pipeline.schedule import Action, Kind, Schedule, execution_order
+from analogpipe.pipeline.schedule import Kind, Schedule, execution_order
 from analogpipe.tiles.tile import AnalogTile
 
 BatchFn = Callable[[int], tuple[Tensor, Tensor]]
