@@ -35,6 +35,7 @@ from analogpipe.tiles.tile import AnalogTile
 
 BatchFn = Callable[[int], tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+RecordHook = Callable[[int, "MicrobatchRecord"], None]
 
 
 class DivergenceError(FloatingPointError):
@@ -102,8 +103,13 @@ class LocalPipeline:
         for opt in self.optimizers:
             opt.lr = lr
 
-    def run(self, schedule: Schedule, batch: BatchFn, offset: int = 0) -> PipelineRun:
-        """Interpret `schedule`; micro-batch k of the schedule is `batch(offset + k)`."""
+    def run(self, schedule: Schedule, batch: BatchFn, offset: int = 0,
+            on_record: RecordHook | None = None) -> PipelineRun:
+        """Interpret `schedule`; micro-batch k of the schedule is `batch(offset + k)`.
+
+        `on_record(k, record)` is called when micro-batch k's loss is known (progress bars,
+        divergence checks); an exception it raises stops the run.
+        """
         M = self.num_stages
         if schedule.num_stages != M:
             raise ValueError(f"schedule has {schedule.num_stages} stages but the pipeline has {M}")
@@ -131,6 +137,8 @@ class LocalPipeline:
                 out = self.stages[s](inp)
                 if s == M - 1:
                     out = self._loss(out, targets.pop(k), k, group.get(k, 1), run)
+                    if on_record is not None:
+                        on_record(k, run.records[k])
                 outputs[(s, k)] = out
                 run.versions[(s, k)] = (self.version[s], -1)
                 in_flight[s] += 1

@@ -1,0 +1,147 @@
+"""The training run's settings: one validated, keyword-only dataclass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from analogpipe.devices import DEVICE_NAMES, DeviceConfig
+from analogpipe.errors import ConfigError, check
+from analogpipe.tiles import IOConfig, MappingConfig, TileConfig, UpdateConfig
+from analogpipe.tiles.io import res_for_bits
+from analogpipe.tiles.pulses import GRANULARITIES, UPDATE_MODES
+
+SCHEMES = ("digital", "wop", "sp", "ap", "pipedream")
+DATASETS = ("digits", "cifar10", "cifar100", "teacher", "synthetic-cls")
+PARTITION_METRICS = ("params", "macs", "aimc")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything a training run depends on (stored in run.json and the checkpoint).
+
+    A mini-batch is `microbatches` (B) micro-batches of `micro_batch_size` (b) samples. The
+    scheme decides when stages update: digital / wop / sp once per mini-batch, ap and pipedream
+    once per micro-batch (so at equal lr, ap makes B times as many updates).
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    subset: int | None = None
+    model: str = "mlp"
+    width: int | None = None
+    scheme: str = "ap"
+    stages: int = 1
+    microbatches: int = 4
+    micro_batch_size: int = 16
+    batch_size: int | None = None
+    epochs: int = 10
+    lr: float = 0.1
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    device_model: str = "softbounds"
+    tau: float = 0.8
+    dw_min: float = 0.001
+    io_bits: int = 8
+    out_noise: float = 0.005
+    update: str = "expected"
+    granularity: str = "sample"
+    learn_out_scaling: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    augment: bool | None = None  # None: on for CIFAR
+    partition_metric: str = "params"
+    t_f: float = 1.0
+    t_b: float = 1.0
+    eval_batch_size: int = 500
+    divergence_loss: float = 1e4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+        self.validate()
+
+    def validate(self) -> None:
+        check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
+        check(self.scheme in SCHEMES, "scheme", self.scheme, f"one of {SCHEMES}")
+        check(isinstance(self.stages, int) and self.stages >= 1, "stages", self.stages,
+              "an integer >= 1")
+        check(self.microbatches >= 1, "microbatches", self.microbatches, "an integer >= 1")
+        check(self.micro_batch_size >= 1, "micro_batch_size", self.micro_batch_size,
+              "an integer >= 1")
+        if self.batch_size is not None:
+            check(self.batch_size >= 1 and self.batch_size % self.micro_batch_size == 0,
+                  "batch_size", self.batch_size,
+                  f"a multiple of micro_batch_size={self.micro_batch_size}")
+            self.microbatches = self.batch_size // self.micro_batch_size
+        check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite value > 0")
+        check(all(m >= 1 for m in self.lr_milestones), "lr_milestones", self.lr_milestones,
+              "epochs >= 1")
+        check(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "a value in (0, 1]")
+        check(self.device_model in DEVICE_NAMES, "device_model", self.device_model,
+              f"one of {DEVICE_NAMES}")
+        check(self.tau > 0 and math.isfinite(self.tau), "tau", self.tau, "a finite value > 0")
+        check(self.io_bits == 0 or self.io_bits >= 2, "io_bits", self.io_bits,
+              "0 (perfect periphery) or an integer >= 2")
+        check(self.out_noise >= 0, "out_noise", self.out_noise, "a value >= 0")
+        check(self.update in UPDATE_MODES, "update", self.update, f"one of {UPDATE_MODES}")
+        check(self.granularity in GRANULARITIES, "granularity", self.granularity,
+              f"one of {GRANULARITIES}")
+        check(self.device in ("cpu", "cuda"), "device", self.device, "'cpu' or 'cuda'")
+        check(self.partition_metric in PARTITION_METRICS, "partition_metric",
+              self.partition_metric, f"one of {PARTITION_METRICS}")
+        check(self.subset is None or self.subset >= 1, "subset", self.subset, "None or >= 1")
+        check(self.t_f > 0 and self.t_b > 0, "t_f/t_b", (self.t_f, self.t_b), "values > 0")
+        self.tile_config()  # device/IO combinations are checked by their own configs
+
+    @property
+    def mini_batch(self) -> int:
+        return self.microbatches * self.micro_batch_size
+
+    @property
+    def analog(self) -> bool:
+        return self.scheme != "digital"
+
+    def schedule_scheme(self) -> str:
+        """The schedule a scheme runs: digital SGD runs without a pipeline (WOP order)."""
+        return "wop" if self.scheme == "digital" else self.scheme
+
+    def tile_config(self) -> TileConfig | None:
+        """The analog tile for this run (None for digital SGD)."""
+        if not self.analog:
+            return None
+        if self.device_model == "ideal":
+            device = DeviceConfig(name="ideal", dw_min=self.dw_min)
+        else:
+            device = DeviceConfig(name=self.device_model, w_max=self.tau, w_min=-self.tau,
+                                  dw_min=self.dw_min)
+        if self.io_bits == 0:
+            io = IOConfig.perfect() if self.out_noise == 0 else IOConfig(
+                inp_res=0, out_res=0, out_noise=self.out_noise, out_bound=math.inf)
+        else:
+            io = IOConfig(inp_res=res_for_bits(self.io_bits), out_res=res_for_bits(self.io_bits),
+                          out_noise=self.out_noise)
+        ideal_map = self.device_model == "ideal"
+        return TileConfig(
+            device=device, forward=io, backward=io,
+            update=UpdateConfig(mode=self.update, granularity=self.granularity),
+            mapping=MappingConfig(weight_scaling_omega=None if ideal_map else self.tau / 2,
+                                  learn_out_scaling=self.learn_out_scaling and not ideal_map),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown training settings {sorted(unknown)}: allowed {sorted(names)}")
+        return cls(**d)

@@ -1,0 +1,309 @@
+"""The training loop: data, model, partition, pipeline executor, metrics, checkpoints.
+
+Every epoch is one schedule (the asynchronous pipeline drains at the epoch's end, where the
+model is evaluated and checkpointed). The clock is the cycle model run on that same schedule,
+so `cycles` in the metrics is what the hardware would have taken, not wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import analogpipe
+from analogpipe.data import Dataset, augment, load_dataset
+from analogpipe.errors import ConfigError
+from analogpipe.models import blocks, build_model
+from analogpipe.nn import convert_to_analog
+from analogpipe.pipeline import schedules
+from analogpipe.pipeline.local import DivergenceError, LocalPipeline, MicrobatchRecord
+from analogpipe.pipeline.partition import partition
+from analogpipe.tiles import AnalogTile
+from analogpipe.timing.cycles import Costs, simulate
+from analogpipe.train.config import TrainConfig
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN, infinite or larger than `divergence_loss`."""
+
+
+# ------------------------------------------------------------------------------ files
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def environment() -> dict[str, Any]:
+    """Versions, git commit and machine, for run records and benchmark stamps."""
+    import numpy
+
+    commit = None
+    try:
+        src = Path(analogpipe.__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": numpy.__version__, "analogpipe": analogpipe.__version__},
+        "git_commit": commit,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.is_available()},
+    }
+
+
+# ------------------------------------------------------------------------------ setup
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    data: Dataset
+    model: nn.Sequential
+    stage_blocks: list[list[str]]
+    stages: list[nn.Sequential]
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+
+
+def _loss_fn(task: str) -> Callable[[Tensor, Tensor], Tensor]:
+    if task == "regression":
+        return nn.functional.mse_loss
+    return nn.functional.cross_entropy
+
+
+def _block_costs(model: nn.Sequential, metric: str, in_shape: tuple[int, ...]) -> list[float]:
+    """Per-block cost of the digital model (before conversion) for the partitioner."""
+    named = blocks(model)
+    if metric == "params":
+        return [float(sum(p.numel() for p in m.parameters())) or 1.0 for _, m in named]
+    macs = [0.0] * len(named)
+    hooks = []
+    for i, (_, block) in enumerate(named):
+        for m in block.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                def hook(mod, inp, out, i=i):
+                    pixels = out.shape[-1] * out.shape[-2] if out.dim() == 4 else 1
+                    per_mvm = mod.weight.numel()
+                    # aimc: a crossbar MVM costs the same whatever its size
+                    macs[i] += pixels * (1 if metric == "aimc" else per_mvm)
+                hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model.eval()
+        model(torch.zeros(1, *in_shape))
+        model.train()
+    for h in hooks:
+        h.remove()
+    return [c or 1.0 for c in macs]
+
+
+def build(cfg: TrainConfig) -> Setup:
+    """Everything before training; raises ConfigError / DataError on bad input."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, flatten=cfg.model == "mlp",
+                        subset=cfg.subset, seed=cfg.seed)
+    if data.train_x.shape[0] < cfg.mini_batch:
+        raise ConfigError(f"batch of {cfg.mini_batch} (microbatches x micro_batch_size) is "
+                          f"larger than the {data.train_x.shape[0]} training samples")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.num_classes, data.in_shape, cfg.width)
+    names = [n for n, _ in blocks(model)]
+    if cfg.stages > len(names):
+        raise ConfigError(f"stages={cfg.stages} but model {cfg.model!r} has only {len(names)} "
+                          f"blocks ({', '.join(names)}): use at most {len(names)}")
+    groups = partition(_block_costs(model, cfg.partition_metric, data.in_shape), cfg.stages,
+                       names)
+    tile_cfg = cfg.tile_config()
+    if tile_cfg is not None:
+        model = convert_to_analog(model, tile_cfg, seed=cfg.seed)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but torch sees no CUDA device: use --device cpu")
+    model = model.to(device)
+    named = blocks(model)
+    stages = [nn.Sequential(*[named[i][1] for i in g]) for g in groups]
+    stage_blocks = [[named[i][0] for i in g] for g in groups]
+    return Setup(cfg, data, model, stage_blocks, stages, _loss_fn(data.task))
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Step decay: lr * gamma ** (number of milestones <= epoch), epochs counted from 0."""
+    return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if epoch >= m)
+
+
+def epoch_batches(setup: Setup, epoch: int) -> tuple[Callable[[int], tuple[Tensor, Tensor]], int]:
+    """Micro-batch k of an epoch, from a permutation seeded by (seed, epoch): resumable."""
+    cfg, data = setup.cfg, setup.data
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    n = data.train_x.shape[0]
+    perm = torch.randperm(n, generator=g)
+    steps = n // cfg.mini_batch
+    x_all, y_all = data.train_x, data.train_y
+    use_aug = cfg.augment if cfg.augment is not None else cfg.dataset.startswith("cifar")
+    device = torch.device(cfg.device)
+    b = cfg.micro_batch_size
+
+    def batch(k: int) -> tuple[Tensor, Tensor]:
+        idx = perm[k * b:(k + 1) * b]
+        x = x_all[idx]
+        if use_aug and x.dim() == 4:
+            x = augment(x, torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 100_003 + k))
+        return x.to(device), y_all[idx].to(device)
+
+    return batch, steps
+
+
+@torch.no_grad()
+def evaluate(setup: Setup) -> tuple[float, float]:
+    """Test loss and accuracy (noise stays on, as on hardware; BN in eval mode)."""
+    model, data, cfg = setup.model, setup.data, setup.cfg
+    model.eval()
+    total_loss, correct, n = 0.0, 0, data.test_x.shape[0]
+    for i in range(0, n, cfg.eval_batch_size):
+        x = data.test_x[i:i + cfg.eval_batch_size].to(cfg.device)
+        y = data.test_y[i:i + cfg.eval_batch_size].to(cfg.device)
+        out = model(x)
+        total_loss += float(setup.loss_fn(out, y)) * x.shape[0]
+        if data.task != "regression":
+            correct += int((out.argmax(1) == y).sum())
+    model.train()
+    acc = correct / n if data.task != "regression" else math.nan
+    return total_loss / n, acc
+
+
+def saturation_stats(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Per analog layer: max and mean of |w| / bound."""
+    out = {}
+    for name, m in model.named_modules():
+        tile = getattr(m, "tile", None)
+        if isinstance(tile, AnalogTile):
+            sat = tile.saturation().abs()
+            out[name] = {"max": float(sat.max()), "mean": float(sat.mean())}
+    return out
+
+
+# ------------------------------------------------------------------------------ training
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+          progress: bool = True, setup: Setup | None = None,
+          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[dict]:
+    """Train and write run.json, metrics.jsonl and checkpoint.pt into out_dir.
+
+    Returns the metrics history. Raises TrainingDiverged (keeping the last good checkpoint).
+    """
+    setup = setup or build(cfg)
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if resume and not ckpt_path.exists():
+        raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = LocalPipeline(setup.stages, lr=cfg.lr, loss_fn=setup.loss_fn, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume:
+        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        if ckpt["config"] != cfg.to_dict():
+            diff = sorted(k for k in cfg.to_dict() if ckpt["config"].get(k) != cfg.to_dict()[k])
+            raise ConfigError(f"--resume: settings differ from the checkpoint's in {diff}")
+        setup.model.load_state_dict(ckpt["model"])
+        for opt, st in zip(pipe.optimizers, ckpt["optimizers"]):
+            opt.load_state_dict(st)
+        pipe.version = list(ckpt["versions"])
+        history = list(ckpt["metrics"])
+        start_epoch = int(ckpt["epoch"]) + 1
+    record = {"config": cfg.to_dict(), "seed": cfg.seed, "stages": setup.stage_blocks,
+              "tile_config": None if cfg.tile_config() is None else cfg.tile_config().to_dict(),
+              "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              **environment()}
+    atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+    costs = Costs(t_f=cfg.t_f, t_b=cfg.t_b)
+    cycles = history[-1]["cycles"] if history else 0.0
+    samples = history[-1]["samples"] if history else 0
+    wall0 = time.perf_counter() - (history[-1]["wall_s"] if history else 0.0)
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = lr_at(cfg, epoch)
+        pipe.set_lr(lr)
+        batch, steps = epoch_batches(setup, epoch)
+        sched = schedules.build(cfg.schedule_scheme(), cfg.stages, cfg.microbatches, steps)
+        timeline = simulate(sched, costs)
+        bar = _progress(progress, sched.num_microbatches, f"epoch {epoch + 1}/{cfg.epochs}")
+        t0 = time.perf_counter()
+
+        def on_record(k: int, rec: MicrobatchRecord, bar=bar, t0=t0) -> None:
+            if not rec.loss < cfg.divergence_loss:
+                raise DivergenceError(f"loss of micro-batch {k} is {rec.loss:.4g}")
+            if bar is not None:
+                done = bar.n + 1
+                bar.update(1)
+                if done % 10 == 0 or done == bar.total:
+                    rate = done * cfg.micro_batch_size / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{rec.loss:.3f}", samples_s=f"{rate:.0f}",
+                                    cycles=f"{cycles + timeline.makespan * done / bar.total:.0f}")
+
+        try:
+            run = pipe.run(sched, batch, on_record=on_record)
+        except DivergenceError as exc:
+            if bar is not None:
+                bar.close()
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch + 1}: {exc}; the last good checkpoint "
+                f"({'epoch ' + str(epoch) if epoch > start_epoch or history else 'none'}) is "
+                f"kept in {ckpt_path if ckpt_path.exists() else out}. Try a smaller --lr."
+            ) from None
+        if bar is not None:
+            bar.close()
+        recs = list(run.records.values())
+        n_seen = sum(r.count for r in recs)
+        cycles += timeline.makespan
+        samples += n_seen
+        test_loss, test_acc = evaluate(setup)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": sum(r.loss * r.count for r in recs) / n_seen,
+            "train_acc": sum(r.correct for r in recs) / n_seen,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "cycles": cycles,
+            "samples": samples,
+            "updates": sum(pipe.version) / len(pipe.version),
+            "lr": lr,
+            "density": timeline.density,
+            "wall_s": time.perf_counter() - wall0,
+            "saturation": saturation_stats(setup.model),
+        }
+        history.append(metrics)
+        atomic_torch_save({"model": setup.model.state_dict(),
+                           "optimizers": [o.state_dict() for o in pipe.optimizers],
+                           "versions": pipe.version, "epoch": epoch, "metrics": history,
+                           "config": cfg.to_dict()}, ckpt_path)
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        log(f"epoch {epoch + 1}: train_loss {metrics['train_loss']:.4f} "
+            f"test_acc {test_acc:.4f} cycles {cycles:.0f} wall {metrics['wall_s']:.1f}s")
+    return history
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, unit="mb", file=sys.stderr)
