@@ -143,5 +143,6 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ConfigError(f"unknown training settings {sorted(unknown)}: allowed {sorted(names)}")
+            raise ConfigError(
+                f"unknown training settings {sorted(unknown)}: allowed {sorted(names)}")
         return cls(**d)

@@ -248,7 +248,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         bar = _progress(progress, sched.num_microbatches, f"epoch {epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
 
-        def on_record(k: int, rec: MicrobatchRecord, bar=bar, t0=t0) -> None:
+        def on_record(k: int, rec: MicrobatchRecord, bar=bar, t0=t0, cycles=cycles,
+                      makespan=timeline.makespan) -> None:
             if not rec.loss < cfg.divergence_loss:
                 raise DivergenceError(f"loss of micro-batch {k} is {rec.loss:.4g}")
             if bar is not None:
@@ -257,7 +258,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                 if done % 10 == 0 or done == bar.total:
                     rate = done * cfg.micro_batch_size / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(loss=f"{rec.loss:.3f}", samples_s=f"{rate:.0f}",
-                                    cycles=f"{cycles + timeline.makespan * done / bar.total:.0f}")
+                                    cycles=f"{cycles + makespan * done / bar.total:.0f}")
 
         try:
             run = pipe.run(sched, batch, on_record=on_record)
