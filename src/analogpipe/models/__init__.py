@@ -40,12 +40,14 @@ def block_names(model: nn.Sequential) -> list[str]:
 
 
 def build_model(
-    name: str, num_classes: int, in_shape: tuple[int, ...], width: int | None = None
+    name: str, num_classes: int, in_shape: tuple[int, ...], width: int | None = None,
+    depth: int | None = None,
 ) -> nn.Sequential:
     """Build a model by setting name; ``in_shape`` is the per-sample shape, e.g. (3, 32, 32).
 
     ``width``: base width of "cnn" (default 16) and the ResNets (default 64); for "mlp" the
-    hidden sizes become (width, width // 2) instead of the default (128, 64).
+    hidden sizes become (width, width // 2) instead of the default (128, 64), or ``depth``
+    hidden layers of ``width`` units (default 64) when ``depth`` is given (deep pipelines).
     """
     in_shape = tuple(int(s) for s in in_shape)
     if name not in MODEL_NAMES:
@@ -54,8 +56,14 @@ def build_model(
         raise ValueError(f"in_shape must be a non-empty tuple of positive sizes, got {in_shape}")
     if width is not None and width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
+    if depth is not None and (name != "mlp" or depth < 1):
+        raise ValueError(f"depth={depth}: only the mlp takes a depth (number of hidden layers "
+                         ">= 1, each of `width` units)")
     if name == "mlp":
-        hidden = (128, 64) if width is None else (width, max(1, width // 2))
+        if depth is not None:
+            hidden = (64 if width is None else width,) * depth
+        else:
+            hidden = (128, 64) if width is None else (width, max(1, width // 2))
         return mlp(math.prod(in_shape), num_classes, hidden)
     if len(in_shape) != 3:
         raise ValueError(

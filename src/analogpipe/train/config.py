@@ -31,6 +31,7 @@ class TrainConfig:
     subset: int | None = None
     model: str = "mlp"
     width: int | None = None
+    depth: int | None = None
     scheme: str = "ap"
     stages: int = 1
     microbatches: int = 4

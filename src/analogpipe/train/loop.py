@@ -123,7 +123,7 @@ def build(cfg: TrainConfig) -> Setup:
         raise ConfigError(f"batch of {cfg.mini_batch} (microbatches x micro_batch_size) is "
                           f"larger than the {data.train_x.shape[0]} training samples")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, data.in_shape, cfg.width)
+    model = build_model(cfg.model, data.num_classes, data.in_shape, cfg.width, cfg.depth)
     names = [n for n, _ in blocks(model)]
     if cfg.stages > len(names):
         raise ConfigError(f"stages={cfg.stages} but model {cfg.model!r} has only {len(names)} "
