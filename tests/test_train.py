@@ -7,7 +7,6 @@ import torch
 
 from analogpipe.cli import main
 from analogpipe.train import TrainConfig, train
-from analogpipe.train.loop import build
 
 TINY = ["--subset", "192", "--micro-batch-size", "16", "--microbatches", "2",
         "--no-progress", "--model", "mlp", "--width", "32"]
