@@ -1,0 +1,68 @@
+"""`analogpipe bench`: speed benchmarks of the analog simulator against plain PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# group modules, imported for their @register side effect; only the first one is required
+GROUP_MODULES = ("analogpipe.bench.core", "analogpipe.bench.pipeline", "analogpipe.bench.dist")
+
+
+def load_groups() -> list[str]:
+    """Import the group modules that exist (missing optional ones are skipped); their names."""
+    from analogpipe.bench import harness
+
+    for i, name in enumerate(GROUP_MODULES):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            if i == 0 or exc.name != name:
+                raise
+    return harness.groups()
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    """Flags of `analogpipe bench`."""
+    p.description = ("Time analog training steps against the same steps in plain PyTorch and "
+                     "print median times, ratios and targets (see bench/README.md).")
+    p.add_argument("--quick", action="store_true", help="small shapes and few repeats (< 30 s)")
+    p.add_argument("--json", metavar="FILE", help="also write {machine, rows} as JSON")
+    p.add_argument("--only", nargs="+", action="extend", metavar="GROUP",
+                   help="run only these groups (default: all registered)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads (default: the CPUs available)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when a row misses its target")
+
+
+def main(args: argparse.Namespace) -> int:
+    from analogpipe.bench import harness
+
+    available = load_groups()
+    unknown = [g for g in args.only or [] if g not in available]
+    if unknown:
+        print(f"analogpipe bench: unknown group(s) {', '.join(unknown)}; "
+              f"available: {', '.join(available)}", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print("analogpipe bench: --threads must be >= 1", file=sys.stderr)
+        return 2
+    harness.configure_threads(args.threads)
+    machine = harness.machine_stamp()
+
+    def progress(group: str) -> None:
+        print(f"running group {group!r}{' (quick)' if args.quick else ''} ...",
+              file=sys.stderr, flush=True)
+
+    rows = harness.run(args.only, quick=args.quick, progress=progress)
+    machine["loadavg_1m_end"] = harness.machine_stamp()["loadavg_1m"]
+    machine["quick"] = bool(args.quick)
+    print(harness.format_table(rows, machine))
+    if args.json:
+        harness.write_json(args.json, machine, rows)
+        print(f"wrote {args.json}")
+    if args.strict and any(r.meets_target is False for r in rows):
+        return 1
+    return 0
