@@ -80,9 +80,16 @@ def partition(costs: Sequence[float], num_stages: int,
 # ---------------------------------------------------------------------------- torch helpers
 
 
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The cuttable blocks of ``model`` (``analogpipe.models.blocks``: ResNet stages opened)."""
+    from analogpipe.models import blocks
+
+    return blocks(model)
+
+
 def block_names(model: nn.Module) -> list[str]:
-    """The named children of ``model``: the blocks a stage is made of."""
-    return [name for name, _ in model.named_children()]
+    """The blocks a stage is made of (named children; ResNet stages opened into blocks)."""
+    return [name for name, _ in _blocks(model)]
 
 
 def _is_analog_or_mvm(module: Any) -> str | None:
@@ -131,7 +138,7 @@ def layer_specs(model: nn.Module, example_input: Any) -> list[LayerSpec]:
     batch = int(example_input.shape[0])
     specs: list[LayerSpec] = []
     handles = []
-    for block, child in model.named_children():
+    for block, child in _blocks(model):
         claimed: list[str] = []
         for sub, module in child.named_modules():
             kind = _is_analog_or_mvm(module)
@@ -163,7 +170,7 @@ def block_output_elements(model: nn.Module, example_input: Any) -> dict[str, int
     batch = int(example_input.shape[0])
     out: dict[str, int] = {}
     handles = []
-    for name, child in model.named_children():
+    for name, child in _blocks(model):
         def hook(mod, inputs, output, name=name):
             out[name] = int(output.numel()) // batch
 
@@ -195,7 +202,7 @@ def block_costs(model: nn.Module, example_input: Any, metric: str = "params",
         from torch import nn
 
         costs = []
-        for _, child in model.named_children():
+        for _, child in _blocks(model):
             total = sum(p.numel() for p in child.parameters())
             for module in child.modules():
                 kind = _is_analog_or_mvm(module)
@@ -230,7 +237,7 @@ def split_model(model: nn.Module, groups: Sequence[Sequence[int | str]]) -> list
     """
     from torch import nn
 
-    children = list(model.named_children())
+    children = _blocks(model)
     names = [n for n, _ in children]
     flat: list[int] = []
     for g in groups:
@@ -252,6 +259,8 @@ def split_model(model: nn.Module, groups: Sequence[Sequence[int | str]]) -> list
     out = []
     i = 0
     for g in groups:
-        out.append(nn.Sequential(OrderedDict(children[i:i + len(g)])))
+        # block names such as "layer1.0" are not valid child names: keep dots as underscores
+        out.append(nn.Sequential(OrderedDict(
+            (name.replace(".", "_"), mod) for name, mod in children[i:i + len(g)])))
         i += len(g)
     return out

@@ -29,7 +29,7 @@ from analogpipe.models import blocks, build_model
 from analogpipe.nn import convert_to_analog
 from analogpipe.pipeline import schedules
 from analogpipe.pipeline.local import DivergenceError, LocalPipeline, MicrobatchRecord
-from analogpipe.pipeline.partition import partition
+from analogpipe.pipeline.partition import block_costs, partition, split_model
 from analogpipe.tiles import AnalogTile
 from analogpipe.timing.cycles import Costs, simulate
 from analogpipe.train.config import TrainConfig
@@ -90,31 +90,6 @@ def _loss_fn(task: str) -> Callable[[Tensor, Tensor], Tensor]:
     return nn.functional.cross_entropy
 
 
-def _block_costs(model: nn.Sequential, metric: str, in_shape: tuple[int, ...]) -> list[float]:
-    """Per-block cost of the digital model (before conversion) for the partitioner."""
-    named = blocks(model)
-    if metric == "params":
-        return [float(sum(p.numel() for p in m.parameters())) or 1.0 for _, m in named]
-    macs = [0.0] * len(named)
-    hooks = []
-    for i, (_, block) in enumerate(named):
-        for m in block.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                def hook(mod, inp, out, i=i):
-                    pixels = out.shape[-1] * out.shape[-2] if out.dim() == 4 else 1
-                    per_mvm = mod.weight.numel()
-                    # aimc: a crossbar MVM costs the same whatever its size
-                    macs[i] += pixels * (1 if metric == "aimc" else per_mvm)
-                hooks.append(m.register_forward_hook(hook))
-    with torch.no_grad():
-        model.eval()
-        model(torch.zeros(1, *in_shape))
-        model.train()
-    for h in hooks:
-        h.remove()
-    return [c or 1.0 for c in macs]
-
-
 def build(cfg: TrainConfig) -> Setup:
     """Everything before training; raises ConfigError / DataError on bad input."""
     data = load_dataset(cfg.dataset, cfg.data_dir, flatten=cfg.model == "mlp",
@@ -128,8 +103,8 @@ def build(cfg: TrainConfig) -> Setup:
     if cfg.stages > len(names):
         raise ConfigError(f"stages={cfg.stages} but model {cfg.model!r} has only {len(names)} "
                           f"blocks ({', '.join(names)}): use at most {len(names)}")
-    groups = partition(_block_costs(model, cfg.partition_metric, data.in_shape), cfg.stages,
-                       names)
+    example = data.train_x[:1]
+    groups = partition(block_costs(model, example, cfg.partition_metric), cfg.stages, names)
     tile_cfg = cfg.tile_config()
     if tile_cfg is not None:
         model = convert_to_analog(model, tile_cfg, seed=cfg.seed)
@@ -137,9 +112,8 @@ def build(cfg: TrainConfig) -> Setup:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but torch sees no CUDA device: use --device cpu")
     model = model.to(device)
-    named = blocks(model)
-    stages = [nn.Sequential(*[named[i][1] for i in g]) for g in groups]
-    stage_blocks = [[named[i][0] for i in g] for g in groups]
+    stages = split_model(model, groups)
+    stage_blocks = [[names[i] for i in g] for g in groups]
     return Setup(cfg, data, model, stage_blocks, stages, _loss_fn(data.task))
 
 
