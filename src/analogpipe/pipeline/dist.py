@@ -1,0 +1,612 @@
+"""The multi-process pipeline executor: one process per stage over torch.distributed P2P.
+
+`DistributedPipeline` runs ONE stage (rank r = stage r) and interprets its own row of
+`lower_with_comms(schedule)` in list order. Forward, backward and update do exactly what
+`LocalPipeline` does for that stage, so with the same seed the two executors produce
+bit-identical weights, losses and weight versions (SPEC section 4: "the multi-process executor
+equals the single-process one"). That holds because everything a stage computes depends only
+on its own action order, its own modules (tiles draw noise from per-tile, per-purpose
+generators) and the bytes it receives, never on how the stages interleave in time. A model that
+draws from torch's *global* RNG in its forward (nn.Dropout) would break the parity.
+
+Communication (why it looks like this):
+
+- every send is a `dist.isend` whose `Work` (and tensor) is kept until it completes, so a
+  send never blocks and the classic two-ranks-in-blocking-send deadlock cannot happen; all
+  outstanding sends are waited on at the end of `run` and before `close`;
+- a receive is posted (`irecv` of the header) at the schedule's RF/RB action and waited on by
+  the F/B that consumes it;
+- every payload is preceded by a small int64 header (ndim, dtype code, dims), so a peer that
+  sends a different shape fails loudly instead of being truncated into a stale buffer
+  (pytorch#113376); a gradient whose shape differs from the stage output it belongs to raises;
+- tags encode micro-batch and message kind (activation/gradient, header/payload), so a
+  mis-ordered message fails under gloo instead of being silently consumed.
+
+At start-up (first `run`, or an explicit `check_shapes`) each rank tells the next one its
+output shape and the next rank checks that its stage accepts it, on a deep copy under
+`torch.no_grad`, with the global and tile RNG states saved and restored, so that the check
+perturbs no generator, BatchNorm statistic or weight. A mismatch raises `StageShapeError` on
+every rank, naming both stages and both shapes.
+
+Failures: an exception on one rank (e.g. `DivergenceError` on the last stage) leaves its
+peers blocked in a receive until the process-group timeout; the launcher (`launch_local` or
+torchrun's agent) ends them. See `analogpipe.pipeline.launch`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from analogpipe.optim import AnalogSGD
+from analogpipe.pipeline.local import (
+    BatchFn,
+    DivergenceError,
+    LossFn,
+    MicrobatchRecord,
+    PipelineRun,
+    update_group_sizes,
+)
+from analogpipe.pipeline.schedule import Kind, Schedule, lower_with_comms
+from analogpipe.tiles.tile import AnalogTile
+
+__all__ = [
+    "DistributedPipeline",
+    "PipelineCommError",
+    "StageShapeError",
+    "StageStats",
+    "init_process_group_from_env",
+]
+
+MAX_NDIM = 8
+HEADER_LEN = 2 + MAX_NDIM  # ndim, dtype code, dims (zero padded)
+
+_DTYPES: tuple[torch.dtype, ...] = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16,
+    torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+)
+_DTYPE_CODE = {dt: i for i, dt in enumerate(_DTYPES)}
+
+# message kinds, folded into the tag: tag = 4 * micro-batch + kind
+_ACT_HEADER, _ACT, _GRAD_HEADER, _GRAD = 0, 1, 2, 3
+_CHECK_TAG = 2**30  # start-up shape check (beyond any realistic 4 * micro-batch)
+
+
+class StageShapeError(ValueError):
+    """Adjacent stages disagree on the activation shape (raised on every rank)."""
+
+
+class PipelineCommError(RuntimeError):
+    """A message between stages was not what the receiver expected (shape, dtype, header)."""
+
+
+@dataclass
+class StageStats:
+    """Where one stage spent the wall time of a `run` (seconds).
+
+    compute_s: inside F/B/U (and loss); wait_s: blocked on receives (the pipeline bubble plus
+    transfer); send_s: posting sends and waiting for them to complete at the end.
+    """
+
+    rank: int
+    wall_s: float = 0.0
+    compute_s: float = 0.0
+    wait_s: float = 0.0
+    send_s: float = 0.0
+    forwards: int = 0
+    backwards: int = 0
+    updates: int = 0
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.compute_s / self.wall_s if self.wall_s > 0 else math.nan
+
+
+def init_process_group_from_env(backend: str | None = None, timeout_s: float = 30.0) -> None:
+    """`dist.init_process_group` from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT.
+
+    backend None picks nccl when CUDA is usable and LOCAL_RANK names a device, else gloo. A
+    finite `timeout_s` bounds every blocking operation, so a dead peer ends a run with an error
+    instead of a hang. No-op if a group is already initialised.
+    """
+    if dist.is_initialized():
+        return
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"init_process_group_from_env: environment lacks {', '.join(missing)}; start the "
+            "workers with torchrun or analogpipe.pipeline.launch.launch_local")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and "LOCAL_RANK" in os.environ else "gloo"
+    if backend == "gloo":
+        _prefer_loopback_for_local_runs()
+    dist.init_process_group(backend=backend, rank=int(os.environ["RANK"]),
+                            world_size=int(os.environ["WORLD_SIZE"]),
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _prefer_loopback_for_local_runs() -> None:
+    """Single-host runs on 127.0.0.1: make gloo use the loopback interface too (not whatever
+    interface the host name resolves to)."""
+    if os.environ.get("MASTER_ADDR") in ("127.0.0.1", "localhost") and \
+            "GLOO_SOCKET_IFNAME" not in os.environ:
+        try:
+            import socket
+
+            names = [n for _, n in socket.if_nameindex() if n == "lo" or n.startswith("lo")]
+        except (OSError, AttributeError):
+            names = []
+        if names:
+            os.environ["GLOO_SOCKET_IFNAME"] = names[0]
+
+
+# ------------------------------------------------------------------------------------------
+def _header(t: Tensor) -> Tensor:
+    if t.dim() > MAX_NDIM:
+        raise PipelineCommError(f"tensor of shape {tuple(t.shape)} has {t.dim()} dims; the "
+                                f"pipeline sends at most {MAX_NDIM}")
+    if t.dtype not in _DTYPE_CODE:
+        raise PipelineCommError(f"tensor dtype {t.dtype} cannot be sent; supported: "
+                                f"{', '.join(str(d) for d in _DTYPES)}")
+    h = torch.zeros(HEADER_LEN, dtype=torch.int64)
+    h[0] = t.dim()
+    h[1] = _DTYPE_CODE[t.dtype]
+    if t.dim():
+        h[2:2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
+    return h
+
+
+def _parse_header(h: Tensor, what: str) -> tuple[tuple[int, ...], torch.dtype]:
+    vals = [int(v) for v in h.cpu().tolist()]
+    ndim, code = vals[0], vals[1]
+    if not 0 <= ndim <= MAX_NDIM or not 0 <= code < len(_DTYPES) or \
+            any(d < 0 for d in vals[2:2 + ndim]):
+        raise PipelineCommError(f"{what}: corrupt message header {vals} (expected ndim in "
+                                f"0..{MAX_NDIM}, a dtype code < {len(_DTYPES)}, dims >= 0)")
+    return tuple(vals[2:2 + ndim]), _DTYPES[code]
+
+
+def _module_device(m: nn.Module) -> torch.device:
+    for t in m.parameters():
+        return t.device
+    for t in m.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _first_layer_expectation(m: nn.Module) -> str:
+    """What the stage's first layer wants, in words (for the shape-mismatch message)."""
+    for name, sub in m.named_modules():
+        if sub is m:
+            continue
+        for attr, form in (("in_features", "[..., {}]"), ("in_channels", "[N, {}, ...]"),
+                           ("num_features", "[N, {}, ...]")):
+            v = getattr(sub, attr, None)
+            if isinstance(v, int):
+                return (f"its first layer {name!r} ({type(sub).__name__}) expects "
+                        f"{form.format(v)} ({attr}={v})")
+    return "its first layer's expectation is unknown"
+
+
+def _tile_generator_states(m: nn.Module) -> list[tuple[dict, dict[str, Tensor]]]:
+    out = []
+    for t in m.modules():
+        if isinstance(t, AnalogTile):
+            gens = t._generators
+            out.append((gens, {k: g.get_state() for k, g in gens.items()}))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+class DistributedPipeline:
+    """One pipeline stage in its own process, driven by the same schedules as `LocalPipeline`.
+
+    Every rank constructs one with its own stage module (rank r = stage r of world_size), the
+    same lr / momentum / weight_decay and loss function. The process group must already be
+    initialised (`init_process_group_from_env`, `launch.init_from_torchrun`, or inside a
+    `launch.launch_local` worker). All public methods except `close` are collective: every
+    rank must call them in the same order.
+
+    example_input_shape: the shape of one micro-batch input of stage 0 (only rank 0 reads
+    it); when given, the start-up shape check uses a zero tensor of that shape instead of
+    calling `batch(offset)` on the first run.
+    """
+
+    def __init__(self, stage: nn.Module, rank: int, world_size: int, lr: float,
+                 loss_fn: LossFn, momentum: float = 0.0, weight_decay: float = 0.0,
+                 example_input_shape: tuple[int, ...] | None = None,
+                 optimizer: AnalogSGD | None = None,
+                 group: dist.ProcessGroup | None = None) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError(
+                f"DistributedPipeline(rank={rank}): torch.distributed is not initialised; "
+                "call init_process_group_from_env() or run inside launch_local/torchrun")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is invalid for world_size={world_size}: "
+                             f"use 0..{world_size - 1}")
+        gsize = dist.get_world_size(group)
+        grank = dist.get_rank(group)
+        if gsize != world_size or grank != rank:
+            raise ValueError(f"DistributedPipeline(rank={rank}, world_size={world_size}) but "
+                             f"the process group says rank {grank} of {gsize}: they must match")
+        self.stage = stage
+        self.rank, self.world_size = rank, world_size
+        self.loss_fn = loss_fn
+        self.group = group
+        self.optimizer = optimizer if optimizer is not None else AnalogSGD(
+            stage, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.version = 0  # updates applied on this stage (persists across runs)
+        self.device = _module_device(stage)
+        backend = dist.get_backend(group)
+        if self.device.type == "cuda" and backend != "nccl":
+            raise RuntimeError(f"rank {rank}: stage module is on {self.device} but the process "
+                               f"group backend is {backend}; use nccl for CUDA stages")
+        # gloo communicates CPU tensors; nccl device tensors
+        self.comm_device = self.device if backend == "nccl" else torch.device("cpu")
+        self.example_input_shape = (tuple(example_input_shape)
+                                    if example_input_shape is not None else None)
+        self.shapes_checked = False
+        self.last_stats: list[StageStats] = []
+        self._sends: list[tuple[Any, Tensor]] = []
+        self._lowered: tuple[Schedule, Schedule] | None = None
+
+    # -- facts ------------------------------------------------------------------------------
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.world_size - 1
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.lr = lr
+
+    # -- point to point -----------------------------------------------------------------------
+    def _peer(self, offset: int) -> int:
+        return dist.get_global_rank(self.group, self.rank + offset) if self.group else \
+            self.rank + offset
+
+    def _isend(self, t: Tensor, peer_offset: int, tag: int) -> None:
+        t = t.detach().to(self.comm_device).contiguous()
+        work = dist.isend(t, self._peer(peer_offset), group=self.group, tag=tag)
+        self._sends.append((work, t))
+
+    def _send_tensor(self, t: Tensor, peer_offset: int, tag_header: int, tag: int) -> None:
+        self._isend(_header(t), peer_offset, tag_header)
+        self._isend(t, peer_offset, tag)
+        if len(self._sends) > 64:  # free completed sends so memory stays bounded
+            self._sends = [(w, x) for w, x in self._sends if not w.is_completed()]
+
+    def _post_header_recv(self, peer_offset: int, tag: int) -> tuple[Any, Tensor]:
+        buf = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.comm_device)
+        return dist.irecv(buf, self._peer(peer_offset), group=self.group, tag=tag), buf
+
+    def _finish_recv(self, posted: tuple[Any, Tensor], peer_offset: int, tag: int,
+                     what: str) -> Tensor:
+        work, hbuf = posted
+        work.wait()
+        shape, dtype = _parse_header(hbuf, f"rank {self.rank}: {what}")
+        buf = torch.empty(shape, dtype=dtype, device=self.comm_device)
+        dist.irecv(buf, self._peer(peer_offset), group=self.group, tag=tag).wait()
+        return buf.to(self.device)
+
+    def wait_sends(self) -> None:
+        """Wait for every outstanding send (before shutdown or reusing a buffer)."""
+        for work, _ in self._sends:
+            work.wait()
+        self._sends.clear()
+
+    def close(self) -> None:
+        """Wait for outstanding sends; the process group stays (it is the caller's)."""
+        self.wait_sends()
+
+    # -- start-up shape check ------------------------------------------------------------------
+    def check_shapes(self, example_input: Tensor | None = None) -> list[tuple[int, ...]]:
+        """Verify that every stage accepts the previous stage's output; collective.
+
+        Rank 0 runs its stage on `example_input` (one micro-batch; other ranks pass None) and
+        sends its output shape on; each rank runs a deep copy of its stage on zeros of the
+        received shape. Nothing observable changes: the copy runs under no_grad in eval mode,
+        and the global RNG and every tile generator are restored. Returns the input shape of
+        every stage (and the last stage's output shape) on every rank; raises
+        `StageShapeError` on every rank if any stage rejects its input.
+        """
+        error: str | None = None
+        in_shape: tuple[int, ...] | None = None
+        in_dtype = torch.float32
+        if self.is_first:
+            if example_input is None:
+                if self.example_input_shape is None:
+                    error = ("rank 0: check_shapes needs an example micro-batch input on rank 0 "
+                             "(or example_input_shape in the constructor)")
+                else:
+                    in_shape = self.example_input_shape
+            else:
+                in_shape, in_dtype = tuple(example_input.shape), example_input.dtype
+        else:
+            h = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.comm_device)
+            dist.recv(h, self._peer(-1), group=self.group, tag=_CHECK_TAG)
+            if int(h[0]) < 0:  # upstream already failed: pass the failure on
+                in_shape = None
+            else:
+                in_shape, in_dtype = _parse_header(h, f"rank {self.rank}: shape check")
+        out_shape: tuple[int, ...] | None = None
+        out_dtype = in_dtype
+        if in_shape is not None and error is None:
+            try:
+                y = self._dry_run(in_shape, in_dtype)
+                out_shape, out_dtype = tuple(y.shape), y.dtype
+            except Exception as exc:  # the stage rejects what the previous one produces
+                src = "the example input" if self.is_first else \
+                    f"stage {self.rank - 1}'s output"
+                error = (f"stage {self.rank} (rank {self.rank}) cannot take {src} of shape "
+                         f"{list(in_shape)}: {_first_layer_expectation(self.stage)}; "
+                         f"the stage raised {type(exc).__name__}: {exc}")
+                if not self.is_first:
+                    error = (f"stage shape mismatch: stage {self.rank - 1} outputs "
+                             f"{list(in_shape)} but " + error)
+        if not self.is_last:
+            if out_shape is None:
+                h = torch.full((HEADER_LEN,), -1, dtype=torch.int64)
+            else:
+                h = _header(torch.empty(out_shape, dtype=out_dtype, device="meta"))
+            dist.send(h.to(self.comm_device), self._peer(1), group=self.group,
+                      tag=_CHECK_TAG)
+        reports: list[Any] = [None] * self.world_size
+        dist.all_gather_object(reports, (error, in_shape, out_shape), group=self.group)
+        errors = [r[0] for r in reports if r[0]]
+        if errors:
+            raise StageShapeError("; ".join(errors))
+        self.shapes_checked = True
+        return [r[1] for r in reports] + [reports[-1][2]]
+
+    def _dry_run(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        saved = _tile_generator_states(self.stage)
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                probe = copy.deepcopy(self.stage)
+                probe.eval()
+                return probe(torch.zeros(shape, dtype=dtype, device=self.device))
+        finally:
+            for gens, states in saved:  # belt and braces: deepcopy already separates them
+                for k, s in states.items():
+                    if k in gens:
+                        gens[k].set_state(s)
+
+    # -- the interpreter -------------------------------------------------------------------
+    def _lower(self, schedule: Schedule) -> Schedule:
+        if self._lowered is not None and self._lowered[0] is schedule:
+            return self._lowered[1]
+        lowered = schedule if schedule.is_lowered else lower_with_comms(schedule)
+        self._lowered = (schedule, lowered)
+        return lowered
+
+    def run(self, schedule: Schedule, batch: BatchFn, offset: int = 0) -> PipelineRun:
+        """Interpret this rank's row of the lowered `schedule`; collective.
+
+        Micro-batch k of the schedule is `batch(offset + k)`: rank 0 uses its x, the last rank
+        its y. Returns the same complete `PipelineRun` on every rank (records from the last
+        stage, versions and peak in-flight counts of every stage); per-stage timings are left
+        in `last_stats`.
+        """
+        M, s = self.world_size, self.rank
+        if schedule.num_stages != M:
+            raise ValueError(f"rank {s}: schedule {schedule.scheme!r} has "
+                             f"{schedule.num_stages} stages but the pipeline has {M} ranks")
+        lowered = self._lower(schedule)
+        if not self.shapes_checked:
+            example = None
+            if self.is_first and self.example_input_shape is None:
+                example = batch(offset)[0]
+            self.check_shapes(example)
+        group = update_group_sizes(schedule)
+        stats = StageStats(rank=s)
+        t_start = time.perf_counter()
+        records: dict[int, MicrobatchRecord] = {}
+        versions: dict[tuple[int, int], tuple[int, int]] = {}
+        peak = 0
+        in_flight = 0
+        inputs: dict[int, Tensor] = {}  # leaf inputs (ranks > 0)
+        outputs: dict[int, Tensor] = {}  # stage outputs (graph) or scaled losses
+        out_shapes: dict[int, tuple[int, ...]] = {}
+        targets: dict[int, Tensor] = {}
+        posted_f: dict[int, tuple[Any, Tensor]] = {}
+        posted_b: dict[int, tuple[Any, Tensor]] = {}
+        stash: dict[int, list[Tensor]] = {}
+        pending: deque[int] = deque()
+        clock = time.perf_counter
+
+        for a in lowered.per_stage[s]:
+            k = a.mb
+            kind = a.kind
+            if kind is Kind.RECV_F:
+                posted_f[k] = self._post_header_recv(-1, 4 * k + _ACT_HEADER)
+            elif kind is Kind.RECV_B:
+                posted_b[k] = self._post_header_recv(1, 4 * k + _GRAD_HEADER)
+            elif kind is Kind.FORWARD:
+                if self.is_first:
+                    t0 = clock()
+                    x, y = batch(offset + k)
+                    if self.is_last:
+                        targets[k] = y
+                    inp = x.to(self.device)
+                else:
+                    if k not in posted_f:
+                        posted_f[k] = self._post_header_recv(-1, 4 * k + _ACT_HEADER)
+                    t0 = clock()
+                    inp = self._finish_recv(posted_f.pop(k), -1, 4 * k + _ACT,
+                                            f"activation of micro-batch {k} from stage {s - 1}")
+                    t1 = clock()
+                    stats.wait_s += t1 - t0
+                    t0 = t1
+                    inp.requires_grad_()
+                    inputs[k] = inp
+                    if self.is_last:
+                        targets[k] = batch(offset + k)[1]
+                if lowered.weight_stashing:
+                    stash[k] = [t.detach().clone() for t in self._weights()]
+                out = self.stage(inp)
+                if self.is_last:
+                    out = self._loss(out, targets.pop(k).to(out.device), k, group.get(k, 1),
+                                     records)
+                else:
+                    out_shapes[k] = tuple(out.shape)
+                outputs[k] = out
+                versions[(s, k)] = (self.version, -1)
+                in_flight += 1
+                peak = max(peak, in_flight)
+                stats.compute_s += clock() - t0
+                stats.forwards += 1
+            elif kind is Kind.SEND_F:
+                t0 = clock()
+                self._send_tensor(outputs[k].detach(), 1, 4 * k + _ACT_HEADER, 4 * k + _ACT)
+                stats.send_s += clock() - t0
+            elif kind is Kind.BACKWARD:
+                grad = None
+                t0 = clock()
+                if not self.is_last:
+                    if k not in posted_b:
+                        posted_b[k] = self._post_header_recv(1, 4 * k + _GRAD_HEADER)
+                    grad = self._finish_recv(posted_b.pop(k), 1, 4 * k + _GRAD,
+                                             f"gradient of micro-batch {k} from stage {s + 1}")
+                    expect = out_shapes.pop(k)
+                    if tuple(grad.shape) != expect:
+                        raise PipelineCommError(
+                            f"rank {s}: stage {s + 1} sent a gradient of shape "
+                            f"{list(grad.shape)} for micro-batch {k}, but stage {s}'s output "
+                            f"has shape {list(expect)}: they must be equal")
+                    t1 = clock()
+                    stats.wait_s += t1 - t0
+                    t0 = t1
+                out = outputs.pop(k)
+                if lowered.weight_stashing:
+                    self._backward_on(stash.pop(k), out, grad)
+                else:
+                    out.backward(grad)
+                vf, _ = versions[(s, k)]
+                versions[(s, k)] = (vf, self.version)
+                pending.append(k)
+                in_flight -= 1
+                stats.compute_s += clock() - t0
+                stats.backwards += 1
+            elif kind is Kind.SEND_B:
+                t0 = clock()
+                inp = inputs.pop(k)
+                if inp.grad is None:
+                    raise RuntimeError(
+                        f"rank {s}: stage {s}'s input of micro-batch {k} got no gradient in "
+                        "its backward (the stage output does not depend on its input); a "
+                        "pipeline stage must be differentiable in its input")
+                self._send_tensor(inp.grad, -1, 4 * k + _GRAD_HEADER, 4 * k + _GRAD)
+                stats.send_s += clock() - t0
+            elif kind is Kind.UPDATE:
+                t0 = clock()
+                got = [pending.popleft() for _ in range(len(a.mbs)) if pending]
+                if tuple(got) != a.mbs:
+                    raise RuntimeError(
+                        f"update {a} must apply exactly the backwards done since the last "
+                        f"update on stage {s}, in order; pending were {got}")
+                self.optimizer.step(count=len(a.mbs))
+                self.version += 1
+                stats.compute_s += clock() - t0
+                stats.updates += 1
+        t0 = clock()
+        self.wait_sends()
+        stats.send_s += clock() - t0
+        stats.wall_s = clock() - t_start
+
+        gathered: list[Any] = [None] * M
+        dist.all_gather_object(gathered, (records if self.is_last else None, versions, peak,
+                                          stats), group=self.group)
+        run = PipelineRun(peak_in_flight=[g[2] for g in gathered])
+        run.records = dict(sorted(gathered[-1][0].items()))
+        for g in gathered:
+            run.versions.update(g[1])
+        self.last_stats = [g[3] for g in gathered]
+        return run
+
+    # -- helpers copied from LocalPipeline (same semantics, one stage) ---------------------
+    def _loss(self, out: Tensor, y: Tensor, k: int, group: int,
+              records: dict[int, MicrobatchRecord]) -> Tensor:
+        loss = self.loss_fn(out, y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise DivergenceError(f"loss of micro-batch {k} is {value} (rank {self.rank})")
+        rec = MicrobatchRecord(loss=value, count=int(y.shape[0]))
+        if out.dim() == 2 and y.dtype == torch.int64:
+            rec.correct = int((out.detach().argmax(1) == y).sum())
+        records[k] = rec
+        return loss / group if group != 1 else loss
+
+    def _weights(self) -> list[Tensor]:
+        tiles = [m.weight for m in self.stage.modules() if isinstance(m, AnalogTile)]
+        return tiles + [p.data for p in self.stage.parameters()]
+
+    def _backward_on(self, version: list[Tensor], out: Tensor, grad: Tensor | None) -> None:
+        """Backward with the weights of the micro-batch's own forward (PipeDream stashing)."""
+        live = self._weights()
+        current = [t.clone() for t in live]
+        with torch.no_grad():
+            for t, v in zip(live, version):
+                t.copy_(v)
+        out.backward(grad)
+        with torch.no_grad():
+            for t, c in zip(live, current):
+                t.copy_(c)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _own_state(self) -> dict[str, Any]:
+        return {"rank": self.rank, "stage": self.stage.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "version": self.version}
+
+    def stage_state_dicts(self, dst: int = 0) -> list[dict[str, Any]] | None:
+        """Every stage's state on rank `dst` (None elsewhere); collective.
+
+        Entry r is {"rank", "stage": state_dict (tile generators included via extra state),
+        "optimizer": AnalogSGD.state_dict(), "version": updates applied}. Lets rank 0 write one
+        checkpoint or evaluate the whole model without the other ranks touching files.
+        """
+        self.wait_sends()
+        out: list[Any] | None = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(copy.deepcopy(self._own_state()), out, dst=dst, group=self.group)
+        return out
+
+    def load_stage_state(self, dicts: list[dict[str, Any]] | None, src: int = 0) -> None:
+        """Restore every rank from the list held by rank `src` (others pass None); collective.
+
+        Raises on every rank if the list does not have one entry per stage.
+        """
+        mine: list[Any] = [None]
+        if self.rank == src:
+            if dicts is None or len(dicts) != self.world_size:
+                n = None if dicts is None else len(dicts)
+                msg = (f"load_stage_state: rank {src} holds {n} stage states; expected one per "
+                       f"stage ({self.world_size})")
+                scatter: list[Any] = [("error", msg)] * self.world_size
+            else:
+                scatter = [("ok", d) for d in dicts]
+        else:
+            scatter = None  # type: ignore[assignment]
+        dist.scatter_object_list(mine, scatter, src=src, group=self.group)
+        status, payload = mine[0]
+        if status == "error":
+            raise ValueError(f"rank {self.rank}: {payload}")
+        if payload.get("rank", self.rank) != self.rank:
+            raise ValueError(f"rank {self.rank}: got the state of rank {payload['rank']}")
+        self.stage.load_state_dict(payload["stage"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.version = int(payload.get("version", self.version))
+
