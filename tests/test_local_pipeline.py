@@ -177,3 +177,17 @@ def test_digital_model_in_async_pipeline_runs_without_version_errors():
     model = _net(bn=True)
     run = _run(model, "ap", 3, 4, 2)
     assert len(run.losses) == 8 and all(torch.isfinite(torch.tensor(run.losses)))
+
+
+@pytest.mark.parametrize("scheme", ["ap", "sp", "pipedream"])
+def test_ideal_analog_pipeline_is_digital_sgd_in_the_same_pipeline(scheme):
+    """Ideal device + ideal IO in any schedule equals the digital model in that schedule."""
+    digital = _net(bn=True)
+    analog = convert_to_analog(digital, ideal_config())
+    _run(digital, scheme, 3, 4, 3)
+    _run(analog, scheme, 3, 4, 3)
+    for a, d in zip(analog, digital):
+        if isinstance(d, nn.Linear):
+            assert torch.equal(a.tile.weight, d.weight) and torch.equal(a.bias, d.bias)
+        elif isinstance(d, nn.BatchNorm1d):
+            assert torch.equal(a.weight, d.weight) and torch.equal(a.running_mean, d.running_mean)
