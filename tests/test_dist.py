@@ -91,6 +91,8 @@ def _parity_worker(rank: int, world_size: int, args: dict) -> dict:
         stage = _split(_net(kind), world_size)[rank]
         pipe = DistributedPipeline(stage, rank, world_size, lr=LR, loss_fn=LOSS,
                                    momentum=_momentum(kind, scheme))
+        # the nccl receive order (header and payload at the RF/RB action), exercised on gloo
+        pipe.eager_recv = bool(args.get("eager"))
         sched = schedules.build(scheme, world_size, B, STEPS)
         runs = [pipe.run(sched, _batch, offset=0),
                 pipe.run(sched, _batch, offset=B * STEPS)]
@@ -258,9 +260,10 @@ def test_shape_mismatch_is_reported_on_every_rank_at_start_up(two_ranks):
 # --- tests: 3 processes --------------------------------------------------------------------
 @pytest.mark.slow
 def test_three_processes_equal_local_pipeline_bit_for_bit(references):
+    """Also runs the receive order used with nccl (blocking receives at RF/RB)."""
     cases = _cases(3)
-    results = launch_local(_parity_worker, 3, {"cases": cases}, threads_per_worker=1,
-                           timeout_s=300)
+    results = launch_local(_parity_worker, 3, {"cases": cases, "eager": True},
+                           threads_per_worker=1, timeout_s=300)
     for kind, scheme in cases:
         case = results[0]["cases"][(kind, scheme)]
         ref_runs, ref_states, ref_resumed, ref_resumed_states = references[(kind, scheme, 3)]

@@ -15,7 +15,10 @@ Communication (why it looks like this):
   send never blocks and the classic two-ranks-in-blocking-send deadlock cannot happen; all
   outstanding sends are waited on at the end of `run` and before `close`;
 - a receive is posted (`irecv` of the header) at the schedule's RF/RB action and waited on by
-  the F/B that consumes it;
+  the F/B that consumes it (gloo); nccl ignores tags and matches messages per peer in posting
+  order, so there header and payload are received at the RF/RB action itself, in the order
+  `lower_with_comms` made identical on both ends of each link (deadlock-free even when
+  blocking). The nccl path is untested: one GPU cannot host two nccl ranks;
 - every payload is preceded by a small int64 header (ndim, dtype code, dims), so a peer that
   sends a different shape fails loudly instead of being truncated into a stale buffer
   (pytorch#113376); a gradient whose shape differs from the stage output it belongs to raises;
@@ -254,6 +257,7 @@ class DistributedPipeline:
                                f"group backend is {backend}; use nccl for CUDA stages")
         # gloo communicates CPU tensors; nccl device tensors
         self.comm_device = self.device if backend == "nccl" else torch.device("cpu")
+        self.eager_recv = backend == "nccl"
         self.example_input_shape = (tuple(example_input_shape)
                                     if example_input_shape is not None else None)
         self.shapes_checked = False
@@ -293,8 +297,19 @@ class DistributedPipeline:
         buf = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.comm_device)
         return dist.irecv(buf, self._peer(peer_offset), group=self.group, tag=tag), buf
 
-    def _finish_recv(self, posted: tuple[Any, Tensor], peer_offset: int, tag: int,
-                     what: str) -> Tensor:
+    def _post_recv(self, peer_offset: int, tag_header: int, tag: int, what: str) -> Any:
+        """At an RF/RB action: post the header's irecv (gloo: tags keep messages apart, so
+        the payload can be received later), or with nccl, which ignores tags and matches
+        messages per peer in posting order, receive header and payload right here, in the
+        order `lower_with_comms` made identical on both ends of the link."""
+        posted = self._post_header_recv(peer_offset, tag_header)
+        if self.eager_recv:
+            return self._finish_recv(posted, peer_offset, tag, what)
+        return posted
+
+    def _finish_recv(self, posted: Any, peer_offset: int, tag: int, what: str) -> Tensor:
+        if isinstance(posted, Tensor):  # already received (eager mode)
+            return posted
         work, hbuf = posted
         work.wait()
         shape, dtype = _parse_header(hbuf, f"rank {self.rank}: {what}")
@@ -423,8 +438,8 @@ class DistributedPipeline:
         outputs: dict[int, Tensor] = {}  # stage outputs (graph) or scaled losses
         out_shapes: dict[int, tuple[int, ...]] = {}
         targets: dict[int, Tensor] = {}
-        posted_f: dict[int, tuple[Any, Tensor]] = {}
-        posted_b: dict[int, tuple[Any, Tensor]] = {}
+        posted_f: dict[int, Any] = {}  # header irecv in flight, or (nccl) the tensor
+        posted_b: dict[int, Any] = {}
         stash: dict[int, list[Tensor]] = {}
         pending: deque[int] = deque()
         clock = time.perf_counter
@@ -433,9 +448,15 @@ class DistributedPipeline:
             k = a.mb
             kind = a.kind
             if kind is Kind.RECV_F:
-                posted_f[k] = self._post_header_recv(-1, 4 * k + _ACT_HEADER)
+                t0 = clock()
+                posted_f[k] = self._post_recv(-1, 4 * k + _ACT_HEADER, 4 * k + _ACT,
+                                              f"activation of micro-batch {k} from stage {s - 1}")
+                stats.wait_s += clock() - t0
             elif kind is Kind.RECV_B:
-                posted_b[k] = self._post_header_recv(1, 4 * k + _GRAD_HEADER)
+                t0 = clock()
+                posted_b[k] = self._post_recv(1, 4 * k + _GRAD_HEADER, 4 * k + _GRAD,
+                                              f"gradient of micro-batch {k} from stage {s + 1}")
+                stats.wait_s += clock() - t0
             elif kind is Kind.FORWARD:
                 if self.is_first:
                     t0 = clock()
@@ -444,7 +465,7 @@ class DistributedPipeline:
                         targets[k] = y
                     inp = x.to(self.device)
                 else:
-                    if k not in posted_f:
+                    if k not in posted_f:  # a hand-lowered schedule without RF
                         posted_f[k] = self._post_header_recv(-1, 4 * k + _ACT_HEADER)
                     t0 = clock()
                     inp = self._finish_recv(posted_f.pop(k), -1, 4 * k + _ACT,
