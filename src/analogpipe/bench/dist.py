@@ -90,7 +90,7 @@ def bench_dist(quick: bool) -> list[Row]:
     from analogpipe.pipeline.launch import launch_local
     from analogpipe.pipeline.local import LocalPipeline
 
-    steps = 15 if quick else 75  # 60 or 300 micro-batches per run
+    steps = 15 if quick else 50  # 60 or 200 micro-batches per run
     repeats = 2 if quick else 3
     K = B * steps
     samples = K * MICRO
