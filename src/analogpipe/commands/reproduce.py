@@ -1,0 +1,201 @@
+"""`analogpipe reproduce`: the paper's experiment set, results.csv, figures and report.md.
+
+Every check (settings, dataset folder, model / stage counts, device) happens before anything
+is written, so bad input exits 2 without creating the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: use an integer >= 1")
+    return value
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated numbers") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one number")
+    return values
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers >= 1")
+    return values
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    """Flags of `analogpipe reproduce` (hidden ones shrink the run for tests)."""
+    p.description = (
+        "Run the paper's experiments (accuracy vs epoch and vs cycles for digital / WOP / SP / "
+        "AP; cycles to a target and speedup for M = 1, 2, 4, 8; a tau saturation sweep) and "
+        "write OUT/report.md, OUT/results.csv and figures. Interrupted runs resume.")
+    p.add_argument("--quick", action="store_true",
+                   help="digits, 9-block MLP, 2 seeds, 10 epochs: minutes on a laptop CPU "
+                        "(default: the paper's CIFAR-10 ResNet10 setting, meant for a GPU)")
+    p.add_argument("--dataset", default=None, choices=("digits", "cifar10", "cifar100"),
+                   help="default: digits with --quick, else cifar10")
+    p.add_argument("--data-dir", default=None, help="folder with the CIFAR pickle batches")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="number of seeds n (default 2 with --quick, else 3)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel training processes (default: number of CPU cores; "
+                        "1 on cuda)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per run (default 10 with --quick, else 300)")
+    p.add_argument("--ap-lr", default="scaled", choices=("scaled", "same"),
+                   help="scaled: AP uses lr / B (equal step per sample, default); same: AP "
+                        "uses lr like SP/WOP (the paper)")
+    p.add_argument("--lr", type=float, default=None, help="base lr (default 0.1)")
+    p.add_argument("--target", type=float, default=None,
+                   help="test accuracy target of the speedup experiment (default 0.8 on "
+                        "digits / cifar10, 0.5 on cifar100)")
+    p.add_argument("--no-convergence", action="store_true",
+                   help="skip the teacher-student convergence-rate check")
+    p.add_argument("--out", required=True, help="output folder")
+    # hidden knobs for tests and small reproductions
+    p.add_argument("--subset", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--stage-list", type=_ints, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--taus", type=_floats, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--convergence-steps", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _fail(msg: str) -> int:
+    print(f"analogpipe reproduce: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _settings(args: argparse.Namespace):
+    from analogpipe.experiments.paper import full_settings, quick_settings
+
+    over = {
+        "dataset": args.dataset, "data_dir": args.data_dir, "seeds": args.seeds,
+        "device": args.device, "epochs": args.epochs, "ap_lr": args.ap_lr, "lr": args.lr,
+        "target": args.target, "subset": args.subset, "stage_list": args.stage_list,
+        "taus": args.taus, "convergence_steps": args.convergence_steps,
+    }
+    if args.no_convergence:
+        over["convergence"] = False
+    return quick_settings(**over) if args.quick else full_settings(**over)
+
+
+def validate(args: argparse.Namespace):
+    """Settings, the run plan and one build per model / largest M: raises on bad input."""
+    from analogpipe.data import load_dataset
+    from analogpipe.errors import ConfigError
+    from analogpipe.experiments.paper import plan
+    from analogpipe.train import build
+
+    for name in ("seeds", "workers", "epochs", "subset", "convergence_steps"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}={v} is invalid: use an integer >= 1")
+    if args.lr is not None and not args.lr > 0:
+        raise ConfigError(f"--lr={args.lr} is invalid: use a value > 0")
+    if args.target is not None and not 0 < args.target <= 1:
+        raise ConfigError(f"--target={args.target} is invalid: use an accuracy in (0, 1]")
+    if args.taus is not None and min(args.taus) <= 0:
+        raise ConfigError(f"--taus={args.taus} is invalid: use values > 0")
+    s = _settings(args)
+    if s.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda but torch sees no CUDA device: use --device cpu")
+    load_dataset(s.dataset, s.data_dir, subset=s.subset)  # DataError: missing CIFAR folder
+    specs = plan(s)
+    largest: dict[tuple, object] = {}
+    for spec in specs:
+        c = spec.config
+        key = (c.model, c.width, c.depth)
+        if key not in largest or c.stages > largest[key].stages:
+            largest[key] = c
+    for c in largest.values():
+        build(c)  # model blocks >= stages, device available, batch <= data
+    return s, specs
+
+
+def main(args: argparse.Namespace) -> int:
+    from analogpipe.data import DataError
+    from analogpipe.errors import ConfigError
+    from analogpipe.experiments.report import atomic_write, collect_rows, write_report
+    from analogpipe.experiments.runner import convergence_check, run_all
+
+    t0 = time.perf_counter()
+    try:
+        s, specs = validate(args)
+    except (ConfigError, DataError, ValueError) as exc:
+        return _fail(str(exc))
+    workers = args.workers or (1 if s.device == "cuda" else (os.cpu_count() or 1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "reproduce.json", json.dumps(
+        {"settings": s.to_dict(), "argv": sys.argv, "workers": workers,
+         "runs": [sp.name for sp in specs]}, indent=1, default=str) + "\n")
+    print(f"analogpipe reproduce: {len(specs)} runs ({'quick' if s.quick else 'full'}, "
+          f"{s.dataset}, n={s.seeds} seeds, {s.epochs} epochs) on {workers} worker(s) -> {out}",
+          flush=True)
+
+    conv_file = out / "convergence.json"
+
+    def side() -> dict | None:
+        if not s.convergence:
+            return None
+        try:
+            cached = json.loads(conv_file.read_text())
+            if cached.get("steps") == s.convergence_steps and \
+                    list(cached["floors"]) == [f"{t:g}" for t in s.convergence_taus]:
+                return cached
+        except (OSError, ValueError, KeyError):
+            pass
+        t = time.perf_counter()
+        res = convergence_check(s.convergence_taus, s.convergence_steps)
+        atomic_write(conv_file, json.dumps(res) + "\n")
+        print(f"convergence check (teacher, tau {list(s.convergence_taus)}): "
+              f"{time.perf_counter() - t:.1f}s", flush=True)
+        return res
+
+    import resource
+
+    results, conv = run_all(specs, out, workers, log=lambda line: print(line, flush=True),
+                            while_waiting=side)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_total = usage.ru_utime + usage.ru_stime + me.ru_utime + me.ru_stime
+    failed = [r for r in results if r.status == "failed"]
+    timing = {"wall_s": time.perf_counter() - t0,
+              "cpu_s": sum(r.cpu_s for r in results), "cpu_total_s": cpu_total,
+              "workers": workers, "trained": sum(r.status in ("done", "diverged")
+                                                 for r in results),
+              "skipped": sum(r.status == "skipped" for r in results)}
+    write_report(out, collect_rows(specs, out, s), s, timing, conv)
+    wall = time.perf_counter() - t0
+    print(f"wrote {out / 'report.md'}, {out / 'results.csv'}: wall {wall:.1f}s, CPU "
+          f"{cpu_total:.1f}s (process tree), {timing['cpu_s']:.1f}s in training runs",
+          flush=True)
+    if failed:
+        for r in failed:
+            print(f"analogpipe reproduce: run {r.name} failed: {r.message}", file=sys.stderr)
+        return 1
+    return 0

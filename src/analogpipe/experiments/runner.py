@@ -1,0 +1,287 @@
+"""Run a pool of independent training runs in worker processes, resumably.
+
+Each run trains into ``root/runs/<name>/`` with ``analogpipe.train.train``; when it ends, a
+``reproduce.json`` beside its metrics records the settings, status and times. A run whose
+``reproduce.json`` matches its settings is skipped, so an interrupted reproduce resumes (a run
+cut mid-way continues from its checkpoint). Workers use one torch thread each: tiny matmuls
+are far slower with two threads when the other core is busy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analogpipe.experiments.paper import RunSpec
+from analogpipe.train.config import TrainConfig
+
+STATUS_FILE = "reproduce.json"
+
+
+@dataclass
+class RunResult:
+    name: str
+    status: str  # "done", "diverged", "skipped" (already complete), "failed"
+    wall_s: float
+    cpu_s: float
+    final_acc: float
+    message: str = ""
+
+
+def _canonical(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
+
+
+def run_dir(root: str | Path, name: str) -> Path:
+    return Path(root) / "runs" / name
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    f = path / "metrics.jsonl"
+    if not f.exists():
+        return []
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def completed(spec: RunSpec, root: str | Path) -> dict[str, Any] | None:
+    """The run's status record if it finished (or diverged) with exactly these settings."""
+    f = run_dir(root, spec.name) / STATUS_FILE
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("config") != _canonical(spec.config) or rec.get("init") != spec.init:
+        return None
+    if rec.get("status") not in ("done", "diverged"):
+        return None
+    return rec
+
+
+def apply_init(model: Any, init: str, seed: int) -> None:
+    """Re-initialise Linear / Conv weights (digital or on analog tiles) before training.
+
+    Why: torch's default init (uniform, gain 1/sqrt(3)) shrinks the signal of a deep ReLU MLP
+    so fast that a 7-hidden-layer MLP does not learn at all; "he" draws N(0, 2 / fan_in)
+    (N(0, 1 / fan_in) for the logits layer), zero biases, seeded by the run's seed.
+    """
+    if init == "default":
+        return
+    if init != "he":
+        raise ValueError(f"init={init!r} is unknown: use 'he' or 'default'")
+    import torch
+    from torch import nn
+
+    from analogpipe.nn.layers import AnalogConv2d, AnalogLinear
+
+    gen = torch.Generator().manual_seed(seed * 1009 + 17)
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (nn.Linear, nn.Conv2d, AnalogLinear, AnalogConv2d))]
+    for i, (_, m) in enumerate(layers):
+        last = i == len(layers) - 1
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            shape = tuple(m.weight.shape)
+        elif isinstance(m, AnalogLinear):
+            shape = (m.out_features, m.in_features)
+        else:
+            shape = (m.tile.out_size, m.tile.in_size)
+        fan_in = math.prod(shape[1:])
+        gain = 1.0 if last else math.sqrt(2.0)
+        w = torch.randn(*shape, generator=gen) * (gain / math.sqrt(fan_in))
+        with torch.no_grad():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.copy_(w.to(m.weight))
+            else:
+                m.tile.set_weights(w.reshape(m.tile.out_size, m.tile.in_size))
+            if m.bias is not None:
+                m.bias.zero_()
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def execute(spec: RunSpec, root: str) -> RunResult:
+    """Train one run (in a worker); never raises for a diverged or failed run."""
+    import torch
+
+    from analogpipe.errors import ConfigError
+    from analogpipe.train import TrainingDiverged, build, train
+
+    torch.set_num_threads(1)
+    rec = completed(spec, root)
+    if rec is not None:
+        return RunResult(spec.name, "skipped", 0.0, 0.0, float(rec.get("final_acc", math.nan)))
+    out = run_dir(root, spec.name)
+    t0, c0 = time.perf_counter(), time.process_time()
+    status, message = "done", ""
+    try:
+        resumed = False
+        if (out / "checkpoint.pt").exists():
+            try:
+                train(spec.config, out, resume=True, progress=False, log=_quiet)
+                resumed = True
+            except ConfigError:
+                resumed = False  # other settings: start again
+        if not resumed:
+            setup = build(spec.config)
+            apply_init(setup.model, spec.init, spec.config.seed)
+            train(spec.config, out, progress=False, setup=setup, log=_quiet)
+    except TrainingDiverged as exc:
+        status, message = "diverged", str(exc).split(";")[0]
+    except Exception as exc:  # one failed run must not stop the others
+        status, message = "failed", f"{type(exc).__name__}: {exc}"
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    hist = read_history(out)
+    final = float(hist[-1]["test_acc"]) if hist else math.nan
+    if status != "failed":
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_json(out / STATUS_FILE, {
+            "name": spec.name, "config": _canonical(spec.config), "init": spec.init,
+            "experiments": spec.experiments, "status": status, "message": message,
+            "wall_s": wall, "cpu_s": cpu, "final_acc": final, "epochs_done": len(hist)})
+    return RunResult(spec.name, status, wall, cpu, final, message)
+
+
+def _cost(spec: RunSpec) -> float:
+    """Rough relative cost, to start the longest runs first (better packing on few cores)."""
+    c = spec.config
+    return c.epochs * (0.2 if c.scheme == "digital" else 1.0) * (1 + 0.05 * c.stages)
+
+
+def run_all(specs: Iterable[RunSpec], root: str | Path, workers: int,
+            log: Callable[[str], None] = print,
+            while_waiting: Callable[[], Any] | None = None) -> tuple[list[RunResult], Any]:
+    """Run every spec (skipping complete ones) on `workers` processes; one line per run.
+
+    `while_waiting` runs in this process once the runs are submitted (a small side job such
+    as the convergence check); its result is returned with the runs' results.
+    """
+    specs = sorted(specs, key=_cost, reverse=True)
+    root = str(root)
+    total = len(specs)
+    results: list[RunResult] = []
+    t0 = time.perf_counter()
+
+    def report(r: RunResult) -> None:
+        results.append(r)
+        acc = "-" if math.isnan(r.final_acc) else f"{r.final_acc:.3f}"
+        extra = f"  ({r.message})" if r.message else ""
+        log(f"[{len(results):>{len(str(total))}}/{total}] {r.name:<34} {r.status:<8} "
+            f"acc {acc}  {r.wall_s:5.1f}s (cpu {r.cpu_s:5.1f}s)  "
+            f"elapsed {time.perf_counter() - t0:6.1f}s{extra}")
+
+    todo = []
+    for s in specs:
+        rec = completed(s, root)
+        if rec is not None:
+            report(RunResult(s.name, "skipped", 0.0, 0.0, float(rec.get("final_acc", math.nan))))
+        else:
+            todo.append(s)
+    if workers <= 1 or len(todo) <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            for s in todo:
+                report(execute(s, root))
+        finally:
+            torch.set_num_threads(threads)
+        return results, while_waiting() if while_waiting is not None else None
+    ctx = multiprocessing.get_context("spawn")  # no fork after torch has started threads
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        pending: dict[Future, RunSpec] = {pool.submit(execute, s, root): s for s in todo}
+        side = while_waiting() if while_waiting is not None else None
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                s = pending.pop(fut)
+                try:
+                    report(fut.result())
+                except Exception as exc:  # a crashed worker
+                    report(RunResult(s.name, "failed", 0.0, 0.0, math.nan,
+                                     f"{type(exc).__name__}: {exc}"))
+    sys.stdout.flush()
+    return results, side
+
+
+def convergence_check(taus: Iterable[float], steps: int, *, seed: int = 0, lr: float = 0.05,
+                      batch: int = 8) -> dict[str, Any]:
+    """SPEC section 6 on the teacher-student regression: E_K = (1/K) sum_k ||grad f(W_k)||^2.
+
+    One analog linear layer (soft bounds at tau, expected update per micro-batch: the theory's
+    model; perfect IO so the only imperfection is the asymmetric update), W_0 = 0, analog SGD
+    on micro-batches of `batch`. The full-batch training gradient is measured before every
+    update. The floor is the mean of ||grad f(W_k)||^2 over the last quarter of the steps.
+    """
+    import torch
+
+    from analogpipe.data import load_dataset
+    from analogpipe.devices import DeviceConfig
+    from analogpipe.nn.layers import AnalogLinear
+    from analogpipe.optim import AnalogSGD
+    from analogpipe.tiles import IOConfig, MappingConfig, TileConfig, UpdateConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = load_dataset("teacher", seed=seed)
+        X, Y = data.train_x, data.train_y
+        n, d_in = X.shape
+        d_out = Y.shape[1]
+        curves: dict[str, tuple[list[int], list[float]]] = {}
+        floors: dict[str, float] = {}
+        ek_end: dict[str, float] = {}
+        sat: dict[str, float] = {}
+        for tau in taus:
+            cfg = TileConfig(
+                device=DeviceConfig(name="softbounds", w_max=tau, w_min=-tau),
+                forward=IOConfig.perfect(), backward=IOConfig.perfect(),
+                update=UpdateConfig(mode="expected", granularity="microbatch"),
+                mapping=MappingConfig())
+            layer = AnalogLinear(d_in, d_out, bias=False, config=cfg, seed=seed)
+            layer.tile.set_weights(torch.zeros(d_out, d_in))
+            opt = AnalogSGD(layer, lr=lr)
+            gen = torch.Generator().manual_seed(seed + 1)
+            sq: list[float] = []
+            max_sat = 0.0
+            for _ in range(steps):
+                with torch.no_grad():
+                    W = layer.tile.get_weights()
+                    grad = (2.0 / (n * d_out)) * (X @ W.T - Y).T @ X  # of mean((XW^T - Y)^2)
+                    sq.append(float((grad ** 2).sum()))
+                idx = torch.randint(n, (batch,), generator=gen)
+                loss = torch.nn.functional.mse_loss(layer(X[idx]), Y[idx])
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                max_sat = max(max_sat, float(layer.tile.saturation().abs().max()))
+            cum, ks, ek = 0.0, [], []
+            for k, v in enumerate(sq, start=1):
+                cum += v
+                if k == 1 or k == steps or (k & (k - 1)) == 0 or k % max(steps // 50, 1) == 0:
+                    ks.append(k)
+                    ek.append(cum / k)
+            key = f"{tau:g}"
+            curves[key] = (ks, ek)
+            floors[key] = sum(sq[-(steps // 4 or 1):]) / (steps // 4 or 1)
+            ek_end[key] = cum / steps
+            sat[key] = max_sat
+    finally:
+        torch.set_num_threads(threads)
+    return {"curves": curves, "floors": floors, "ek_end": ek_end, "sat": sat, "lr": lr,
+            "batch": batch, "steps": steps}
