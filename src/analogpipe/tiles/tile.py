@@ -129,14 +129,22 @@ class AnalogTile(nn.Module):
         return DeviceState(**values)
 
     def generator(self, purpose: str) -> torch.Generator:
-        """The tile's generator for 'forward', 'backward' or 'update' (on the weight's device)."""
+        """The tile's generator for 'forward', 'backward', 'update' or 'eval' (forward MVMs in
+        eval mode, so that evaluating never shifts the training streams)."""
         dev = self.weight.device
         gen = self._generators.get(purpose)
         if gen is None or gen.device != dev:
-            offset = {"forward": 1, "backward": 2, "update": 3}[purpose]
-            gen = torch.Generator(device=dev).manual_seed(self.seed * 4 + offset + 1_000_003)
+            gen = torch.Generator(device=dev).manual_seed(self._stream_seed(purpose, 0))
             self._generators[purpose] = gen
         return gen
+
+    def _stream_seed(self, purpose: str, salt: int) -> int:
+        offset = {"forward": 1, "backward": 2, "update": 3, "eval": 4}[purpose]
+        return (self.seed * 8 + offset + 1_000_003 + salt * 7_919) % (2**63)
+
+    def reseed(self, purpose: str, salt: int) -> None:
+        """Restart one stream from (seed, purpose, salt), e.g. the eval noise of each epoch."""
+        self.generator(purpose).manual_seed(self._stream_seed(purpose, salt))
 
     @torch.no_grad()
     def set_weights(self, w: Tensor) -> None:
@@ -183,7 +191,8 @@ class AnalogTile(nn.Module):
     # --- MVMs (rows are batch rows or conv patches) ------------------------------------
     def forward_rows(self, x: Tensor) -> Tensor:
         """y = W x through the forward periphery. x: [S, in] -> [S, out]."""
-        return analog_mvm(x, self.weight, self.config.forward, self.generator("forward"))
+        purpose = "forward" if self.training else "eval"
+        return analog_mvm(x, self.weight, self.config.forward, self.generator(purpose))
 
     def backward_rows(self, d: Tensor) -> Tensor:
         """z = W^T d through the backward periphery, on the *current* W. d: [S, out] -> [S, in]."""

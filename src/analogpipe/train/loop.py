@@ -145,9 +145,15 @@ def epoch_batches(setup: Setup, epoch: int) -> tuple[Callable[[int], tuple[Tenso
 
 
 @torch.no_grad()
-def evaluate(setup: Setup) -> tuple[float, float]:
-    """Test loss and accuracy (noise stays on, as on hardware; BN in eval mode)."""
+def evaluate(setup: Setup, epoch: int = 0) -> tuple[float, float]:
+    """Test loss and accuracy (noise stays on, as on hardware; BN in eval mode).
+
+    The tiles' eval noise streams restart from (seed, epoch): evaluation never touches the
+    training streams, and every executor evaluates with the same draws.
+    """
     model, data, cfg = setup.model, setup.data, setup.cfg
+    for tile in (m for m in model.modules() if isinstance(m, AnalogTile)):
+        tile.reseed("eval", epoch)
     model.eval()
     total_loss, correct, n = 0.0, 0, data.test_x.shape[0]
     for i in range(0, n, cfg.eval_batch_size):
@@ -173,41 +179,131 @@ def saturation_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     return out
 
 
+# ------------------------------------------------------------------------------ drivers
+class LocalDriver:
+    """All stages in this process (LocalPipeline); this process writes the results."""
+
+    is_writer = True
+
+    def __init__(self, setup: Setup) -> None:
+        cfg = setup.cfg
+        self.setup = setup
+        self.pipe = LocalPipeline(setup.stages, lr=cfg.lr, loss_fn=setup.loss_fn,
+                                  momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def set_lr(self, lr: float) -> None:
+        self.pipe.set_lr(lr)
+
+    def run(self, sched, batch, on_record):
+        return self.pipe.run(sched, batch, on_record=on_record)
+
+    def gather(self) -> tuple[list[dict], list[int]]:
+        """After an epoch: the full model is current here; optimizer states and versions."""
+        return [o.state_dict() for o in self.pipe.optimizers], list(self.pipe.version)
+
+    def restore(self, ckpt: dict | None) -> None:
+        assert ckpt is not None
+        self.setup.model.load_state_dict(ckpt["model"])
+        for opt, st in zip(self.pipe.optimizers, ckpt["optimizers"]):
+            opt.load_state_dict(st)
+        self.pipe.version = list(ckpt["versions"])
+
+    def share(self, obj: Any) -> Any:
+        return obj
+
+
+class DistributedDriver:
+    """One stage per process (torch.distributed); rank 0 gathers the model and writes."""
+
+    def __init__(self, setup: Setup, rank: int, world_size: int) -> None:
+        from analogpipe.pipeline.dist import DistributedPipeline
+
+        cfg = setup.cfg
+        if world_size != cfg.stages:
+            raise ConfigError(f"{world_size} processes but stages={cfg.stages}: a distributed "
+                              "pipeline runs one process per stage")
+        self.setup, self.rank = setup, rank
+        self.is_writer = rank == 0
+        self.pipe = DistributedPipeline(setup.stages[rank], rank, world_size, lr=cfg.lr,
+                                        loss_fn=setup.loss_fn, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay)
+
+    def set_lr(self, lr: float) -> None:
+        self.pipe.set_lr(lr)
+
+    def run(self, sched, batch, on_record):
+        run = self.pipe.run(sched, batch)
+        for k in sorted(run.records):  # same divergence check as the local driver, after the fact
+            on_record(k, run.records[k])
+        return run
+
+    def gather(self) -> tuple[list[dict], list[int]]:
+        dicts = self.pipe.stage_state_dicts()
+        if dicts is None:
+            return [], []
+        for stage, d in zip(self.setup.stages, dicts):
+            stage.load_state_dict(d["stage"])
+        return [d["optimizer"] for d in dicts], [int(d["version"]) for d in dicts]
+
+    def restore(self, ckpt: dict | None) -> None:
+        dicts = None
+        if ckpt is not None:
+            self.setup.model.load_state_dict(ckpt["model"])
+            dicts = [{"rank": i, "stage": stage.state_dict(), "optimizer": ckpt["optimizers"][i],
+                      "version": ckpt["versions"][i]}
+                     for i, stage in enumerate(self.setup.stages)]
+        self.pipe.load_stage_state(dicts)
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's value on every rank."""
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
 # ------------------------------------------------------------------------------ training
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, setup: Setup | None = None,
+          progress: bool = True, setup: Setup | None = None, driver: Any = None,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[dict]:
     """Train and write run.json, metrics.jsonl and checkpoint.pt into out_dir.
 
-    Returns the metrics history. Raises TrainingDiverged (keeping the last good checkpoint).
+    `driver` runs the schedules: LocalDriver (default) or DistributedDriver (then only rank 0
+    evaluates and writes). Returns the metrics history. Raises TrainingDiverged, keeping the
+    last good checkpoint.
     """
     setup = setup or build(cfg)
+    driver = driver or LocalDriver(setup)
+    writer = driver.is_writer
     out = Path(out_dir)
     ckpt_path = out / "checkpoint.pt"
-    if resume and not ckpt_path.exists():
-        raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
-    out.mkdir(parents=True, exist_ok=True)
-    pipe = LocalPipeline(setup.stages, lr=cfg.lr, loss_fn=setup.loss_fn, momentum=cfg.momentum,
-                         weight_decay=cfg.weight_decay)
-    history: list[dict] = []
-    start_epoch = 0
-    if resume:
+    error = None
+    if writer and resume and not ckpt_path.exists():
+        error = f"--resume: no checkpoint at {ckpt_path}"
+    ckpt = None
+    if writer and resume and error is None:
         ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
         if ckpt["config"] != cfg.to_dict():
             diff = sorted(k for k in cfg.to_dict() if ckpt["config"].get(k) != cfg.to_dict()[k])
-            raise ConfigError(f"--resume: settings differ from the checkpoint's in {diff}")
-        setup.model.load_state_dict(ckpt["model"])
-        for opt, st in zip(pipe.optimizers, ckpt["optimizers"]):
-            opt.load_state_dict(st)
-        pipe.version = list(ckpt["versions"])
-        history = list(ckpt["metrics"])
-        start_epoch = int(ckpt["epoch"]) + 1
-    record = {"config": cfg.to_dict(), "seed": cfg.seed, "stages": setup.stage_blocks,
-              "tile_config": None if cfg.tile_config() is None else cfg.tile_config().to_dict(),
-              "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              **environment()}
-    atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str) + "\n")
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            error = f"--resume: settings differ from the checkpoint's in {diff}"
+    error = driver.share(error)
+    if error:
+        raise ConfigError(error)
+    history: list[dict] = []
+    if resume:
+        driver.restore(ckpt)
+        history = driver.share(list(ckpt["metrics"]) if ckpt is not None else None)
+    start_epoch = len(history)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"config": cfg.to_dict(), "seed": cfg.seed, "stages": setup.stage_blocks,
+                  "tile_config": None if cfg.tile_config() is None
+                  else cfg.tile_config().to_dict(),
+                  "executor": type(driver).__name__, "argv": sys.argv,
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment()}
+        atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str) + "\n")
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
     costs = Costs(t_f=cfg.t_f, t_b=cfg.t_b)
     cycles = history[-1]["cycles"] if history else 0.0
@@ -215,11 +311,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     wall0 = time.perf_counter() - (history[-1]["wall_s"] if history else 0.0)
     for epoch in range(start_epoch, cfg.epochs):
         lr = lr_at(cfg, epoch)
-        pipe.set_lr(lr)
+        driver.set_lr(lr)
         batch, steps = epoch_batches(setup, epoch)
         sched = schedules.build(cfg.schedule_scheme(), cfg.stages, cfg.microbatches, steps)
         timeline = simulate(sched, costs)
-        bar = _progress(progress, sched.num_microbatches, f"epoch {epoch + 1}/{cfg.epochs}")
+        bar = _progress(progress and writer, sched.num_microbatches,
+                        f"epoch {epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
 
         def on_record(k: int, rec: MicrobatchRecord, bar=bar, t0=t0, cycles=cycles,
@@ -235,22 +332,25 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                                     cycles=f"{cycles + makespan * done / bar.total:.0f}")
 
         try:
-            run = pipe.run(sched, batch, on_record=on_record)
+            run = driver.run(sched, batch, on_record)
         except DivergenceError as exc:
             if bar is not None:
                 bar.close()
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint"
             raise TrainingDiverged(
-                f"training diverged in epoch {epoch + 1}: {exc}; the last good checkpoint "
-                f"({'epoch ' + str(epoch) if epoch > start_epoch or history else 'none'}) is "
-                f"kept in {ckpt_path if ckpt_path.exists() else out}. Try a smaller --lr."
-            ) from None
+                f"training diverged in epoch {epoch + 1}: {exc}; {kept} ({out}). "
+                "Try a smaller --lr.") from None
         if bar is not None:
             bar.close()
         recs = list(run.records.values())
         n_seen = sum(r.count for r in recs)
         cycles += timeline.makespan
         samples += n_seen
-        test_loss, test_acc = evaluate(setup)
+        opt_states, versions = driver.gather()
+        if not writer:
+            history.append({"epoch": epoch + 1})
+            continue
+        test_loss, test_acc = evaluate(setup, epoch)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": sum(r.loss * r.count for r in recs) / n_seen,
@@ -259,16 +359,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
             "test_acc": test_acc,
             "cycles": cycles,
             "samples": samples,
-            "updates": sum(pipe.version) / len(pipe.version),
+            "updates": sum(versions) / len(versions),
             "lr": lr,
             "density": timeline.density,
             "wall_s": time.perf_counter() - wall0,
             "saturation": saturation_stats(setup.model),
         }
         history.append(metrics)
-        atomic_torch_save({"model": setup.model.state_dict(),
-                           "optimizers": [o.state_dict() for o in pipe.optimizers],
-                           "versions": pipe.version, "epoch": epoch, "metrics": history,
+        atomic_torch_save({"model": setup.model.state_dict(), "optimizers": opt_states,
+                           "versions": versions, "epoch": epoch, "metrics": history,
                            "config": cfg.to_dict()}, ckpt_path)
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         log(f"epoch {epoch + 1}: train_loss {metrics['train_loss']:.4f} "

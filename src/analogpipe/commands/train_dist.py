@@ -1,0 +1,69 @@
+"""`analogpipe train --processes M` / `--launcher torchrun`: one process per pipeline stage.
+
+Every process builds the same data and model from the seed, keeps its own stage (tiles,
+generators, optimizer) and runs its row of the schedule over torch.distributed point-to-point;
+rank 0 gathers the stages after every epoch, evaluates, and writes run.json, metrics.jsonl and
+the checkpoint (atomically). Results equal the single-process run bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _worker(rank: int, world_size: int, payload: tuple[dict[str, Any], str, bool]) -> Any:
+    from analogpipe.train import TrainConfig, build, train
+    from analogpipe.train.loop import DistributedDriver
+
+    cfg_dict, out, resume = payload
+    cfg = TrainConfig.from_dict(cfg_dict)
+    setup = build(cfg)
+    driver = DistributedDriver(setup, rank, world_size)
+    history = train(cfg, out, resume=resume, progress=False, setup=setup, driver=driver)
+    return history[-1] if rank == 0 and history else None
+
+
+def main(args: argparse.Namespace, cfg) -> int:
+    from analogpipe.errors import ConfigError
+    from analogpipe.train import TrainingDiverged
+
+    payload = (cfg.to_dict(), args.out, bool(args.resume))
+    if args.launcher == "torchrun":
+        from analogpipe.pipeline.launch import init_from_torchrun
+
+        rank, world_size, _ = init_from_torchrun(device=cfg.device)
+        if world_size != cfg.stages:
+            print(f"analogpipe train: error: torchrun started {world_size} processes but "
+                  f"--stages is {cfg.stages}: use --nproc-per-node {cfg.stages}", file=sys.stderr)
+            return 2
+        try:
+            _worker(rank, world_size, payload)
+        except ConfigError as exc:
+            print(f"analogpipe train: rank {rank}: error: {exc}", file=sys.stderr)
+            return 2
+        except TrainingDiverged as exc:
+            print(f"analogpipe train: rank {rank}: {exc}", file=sys.stderr)
+            return 3
+        return 0
+
+    from analogpipe.pipeline.launch import WorkerFailed, launch_local
+
+    if args.processes != cfg.stages:
+        print(f"analogpipe train: error: --processes {args.processes} but --stages "
+              f"{cfg.stages}: one process per stage, use equal numbers", file=sys.stderr)
+        return 2
+    if cfg.device == "cuda":
+        print("analogpipe train: error: --processes spawns gloo workers on the CPU; for GPUs "
+              "start one process per GPU with torchrun ... --launcher torchrun (nccl)",
+              file=sys.stderr)
+        return 2
+    try:
+        launch_local(_worker, args.processes, payload, timeout_s=30 * 24 * 3600.0,
+                     threads_per_worker=1)
+    except WorkerFailed as exc:
+        code = 3 if "diverged" in str(exc) else 2 if "ConfigError" in str(exc) else 1
+        print(f"analogpipe train: {exc}", file=sys.stderr)
+        return code
+    return 0
