@@ -69,6 +69,9 @@ def test_tiny_reproduction_writes_csv_report_and_figures(tiny_run: Path) -> None
         assert (tiny_run / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = report.split("## Which of the paper's claims")[1].split("\n## ")[0]
     assert table.count("| **") >= 7
+    for line in report.splitlines():  # every table row has its header's number of cells
+        if line.startswith("| claim"):
+            assert all(ln.count("|") == 5 for ln in table.splitlines() if ln.startswith("|"))
     assert not list(tiny_run.glob("**/.*.tmp*"))  # atomic writes left no temporary files
 
 
@@ -79,6 +82,13 @@ def test_rerun_skips_complete_runs_and_plots_need_only_the_csv(tiny_run: Path, c
     assert main(["reproduce", *TINY, "--out", str(tiny_run)]) == 0
     out = capsys.readouterr().out
     assert out.count(" skipped ") == 12 and " done " not in out
+    # a run cut short (no completion record) is resumed from its checkpoint, the rest skipped
+    victim = next((tiny_run / "runs").glob("*-ap-M2-*"))
+    (victim / "reproduce.json").unlink()
+    assert main(["reproduce", *TINY, "--out", str(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" skipped ") == 11 and out.count(" done ") == 1 and victim.name in out
+    assert json.loads((victim / "reproduce.json").read_text())["epochs_done"] == 2
     # figures from results.csv alone, in a folder without any run
     s = quick_settings(subset=320, epochs=2, seeds=1, taus=(0.4, 0.8, 1.6), stage_list=(1, 2))
     figs = plots.make_figures(tiny_run / "results.csv", tmp_path, s)

@@ -60,7 +60,12 @@ def collect_rows(specs: list[RunSpec], root: str | Path, settings: Settings) -> 
         except (OSError, ValueError):
             pass
         c = spec.config
-        for h in read_history(d):
+        history = read_history(d)
+        if not history:  # diverged (or cut) in its first epoch: keep the run visible
+            history = [{"epoch": 0, "samples": 0, "cycles": 0.0, "updates": 0.0, "lr": c.lr,
+                        "test_acc": math.nan, "test_loss": math.nan, "train_loss": math.nan,
+                        "train_acc": math.nan, "saturation": {}}]
+        for h in history:
             sat = h.get("saturation") or {}
             rows.append({
                 "run": spec.name, "experiments": ";".join(spec.experiments),
@@ -130,16 +135,17 @@ class Stat:
         std = statistics.stdev(ok) if len(ok) > 1 else 0.0
         return cls(_mean(ok), std, min(ok), max(ok), len(ok), len(values))
 
-    def fmt(self, digits: int = 3, pct: bool = False) -> str:
+    def fmt(self, digits: int = 3, pct: bool = False, what: str = "reached") -> str:
+        """'mean ± std [min, max]', with '(k/n what)' when some seeds have no value."""
         if self.n == 0:
-            return f"not reached (0/{self.total})"
+            return f"not reached (0/{self.total})" if what == "reached" else "-"
         f = 100.0 if pct else 1.0
         d = max(digits - 2, 1) if pct else digits
         text = f"{self.mean * f:.{d}f} ± {self.std * f:.{d}f}"
         if self.n > 1:
             text += f" [{self.lo * f:.{d}f}, {self.hi * f:.{d}f}]"
         if self.n < self.total:
-            text += f" ({self.n}/{self.total} reached)"
+            text += f" ({self.n}/{self.total} {what})"
         return text
 
 
@@ -178,6 +184,8 @@ def crossing(curve: list[dict], target: float, chance: float) -> tuple[float, fl
     prev = (0.0, 0.0, chance)
     for r in sorted(curve, key=lambda r: r["epoch"]):
         s, c, a = float(r["samples"]), float(r["cycles"]), float(r["test_acc"])
+        if math.isnan(a):
+            continue
         if a >= target:
             s0, c0, a0 = prev
             frac = 1.0 if a <= a0 else (target - a0) / (a - a0)
@@ -220,7 +228,7 @@ def analyse(rows: list[dict], s: Settings) -> dict[str, Any]:
         curves = by_scheme.get(scheme, [])
         if not curves:
             continue
-        epochs = sorted({r["epoch"] for c in curves for r in c})
+        epochs = sorted({r["epoch"] for c in curves for r in c if r["epoch"] > 0})
         points = []
         for e in epochs:
             at = [r for c in curves for r in c if r["epoch"] == e]
@@ -392,13 +400,14 @@ def claims(a: dict[str, Any], s: Settings, conv: dict[str, Any] | None = None) -
         add(f"Asymptotic error grows as tau shrinks ({scheme.upper()})", verdict, ev,
             f"Spearman(tau, final acc) >= {RANK_CORR} and acc(largest tau) - acc(smallest "
             f"tau) > {ACC_TOL}")
-    rs = sorted((r for r in a["tau"] if r["scheme"] != "digital" and r["sat_mean"].n),
+    rs = sorted((r for r in a["tau"] if r["scheme"] != "digital" and r["sat_max"].n),
                 key=lambda r: (r["scheme"], r["tau"]))
     if len(rs) >= 3:
-        rho_sat = spearman([r["tau"] for r in rs], [r["sat_mean"].mean for r in rs])
+        # the theory's floor grows with W_max / tau, the largest saturation: use the max
+        rho_sat = spearman([r["tau"] for r in rs], [r["sat_max"].mean for r in rs])
         by_tau: dict[float, list[float]] = defaultdict(list)
         for r in rs:
-            by_tau[r["tau"]].append(r["sat_mean"].mean)
+            by_tau[r["tau"]].append(r["sat_max"].mean)
         sat_by_tau = sorted((t, _mean(v)) for t, v in by_tau.items())
         acc_by_tau = defaultdict(list)
         for r in tau_rows:
@@ -407,13 +416,14 @@ def claims(a: dict[str, Any], s: Settings, conv: dict[str, Any] | None = None) -
                                                         sat_by_tau])
         ok = rho_sat <= -RANK_CORR and rho_acc >= RANK_CORR
         verdict = SUPPORTED if ok else NOT_SUPPORTED
-        ev = ("mean saturation " + ", ".join(f"tau {t:g}: {v:.2f}" for t, v in sat_by_tau)
+        ev = ("max saturation " + ", ".join(f"tau {t:g}: {v:.2f}" for t, v in sat_by_tau)
               + f"; Spearman(tau, saturation) {rho_sat:+.2f}")
     else:
         verdict, ev = INCONCLUSIVE, "fewer than 3 tau runs"
     add("Smaller tau saturates the weights more, and accuracy falls with it", verdict, ev,
-        f"Spearman(tau, mean saturation) <= -{RANK_CORR} and Spearman(tau, final acc) >= "
-        f"{RANK_CORR} (WOP and AP pooled)")
+        f"Spearman(tau, max saturation) <= -{RANK_CORR} and Spearman(tau, final acc) >= "
+        f"{RANK_CORR} (WOP and AP pooled; max saturation = per-layer max abs(w)/tau averaged over "
+        f"layers, the theory's W_max / tau)")
 
     if conv is not None and conv.get("floors"):
         fl = sorted(conv["floors"].items())
@@ -564,8 +574,8 @@ def render(a: dict[str, Any], verdicts: list[dict], s: Settings, figures: dict[s
     L += ["| scheme | tau | final test accuracy (%) | saturation max | saturation mean | "
           "diverged |", "|---|---|---|---|---|---|"]
     for r in a["tau"]:
-        sat_max = r["sat_max"].fmt(3) if r["scheme"] != "digital" else "-"
-        sat_mean = r["sat_mean"].fmt(3) if r["scheme"] != "digital" else "-"
+        sat_max = r["sat_max"].fmt(3, what="with data") if r["scheme"] != "digital" else "-"
+        sat_mean = r["sat_mean"].fmt(3, what="with data") if r["scheme"] != "digital" else "-"
         L.append(f"| {r['scheme'].upper()} | {r['tau']:g} | {r['final'].fmt(pct=True)} | "
                  f"{sat_max} | {sat_mean} | {r['diverged']} |")
     L.append("")
@@ -580,7 +590,7 @@ def render(a: dict[str, Any], verdicts: list[dict], s: Settings, figures: dict[s
               f"quarter of the steps.", ""]
         if "convergence" in figures:
             L += [f"![E_K vs K]({figures['convergence']})", ""]
-        L += ["| tau | floor of ||grad f||^2 | E_K at the end | max saturation |",
+        L += ["| tau | floor of ‖grad f‖² | E_K at the end | max saturation |",
               "|---|---|---|---|"]
         for t, v in sorted(conv["floors"].items(), key=lambda kv: float(kv[0])):
             L.append(f"| {float(t):g} | {v:.3g} | {conv['ek_end'][t]:.3g} | "
