@@ -191,3 +191,13 @@ def test_ideal_analog_pipeline_is_digital_sgd_in_the_same_pipeline(scheme):
             assert torch.equal(a.tile.weight, d.weight) and torch.equal(a.bias, d.bias)
         elif isinstance(d, nn.BatchNorm1d):
             assert torch.equal(a.weight, d.weight) and torch.equal(a.running_mean, d.running_mean)
+
+
+def test_first_stage_without_weights_runs():
+    """A stage of only parameter-free blocks (flatten) has nothing to backpropagate."""
+    torch.manual_seed(0)
+    model = convert_to_analog(nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(),
+                                            nn.Linear(8, 4)), paper_config(0.8))
+    pipe = LocalPipeline([model[0:1], model[1:3], model[3:4]], lr=0.05, loss_fn=LOSS)
+    run = pipe.run(schedules.build("ap", 3, 2, 2), _data(4))
+    assert len(run.losses) == 4 and pipe.version == [4, 4, 4]

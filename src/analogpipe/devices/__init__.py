@@ -12,6 +12,8 @@ from analogpipe.devices.response import (
     apply_pulses,
     clip_to_bounds,
     expected_update,
+    expected_update_,
+    is_symmetric_soft_bounds,
     response,
     sample_device_state,
 )
@@ -23,6 +25,8 @@ __all__ = [
     "apply_pulses",
     "clip_to_bounds",
     "expected_update",
+    "expected_update_",
+    "is_symmetric_soft_bounds",
     "response",
     "sample_device_state",
 ]

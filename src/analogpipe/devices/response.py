@@ -98,6 +98,29 @@ def clip_to_bounds(w: Tensor, state: DeviceState, cfg: DeviceConfig) -> Tensor:
     return w.clamp_(state.b_min, state.b_max)
 
 
+def is_symmetric_soft_bounds(state: DeviceState, cfg: DeviceConfig) -> bool:
+    """Soft bounds without spread or asymmetry: F = 1, G = W / tau (scalar fast paths)."""
+    return (cfg.name == "softbounds" and not isinstance(state.b_max, Tensor)
+            and state.delta_up == state.delta_down == cfg.dw_min and state.b_max == -state.b_min)
+
+
+def expected_update_(
+    w: Tensor, grad: Tensor, abs_product: Tensor | None, lr: float, state: DeviceState,
+    cfg: DeviceConfig,
+) -> Tensor:
+    """In-place `expected_update` with dW = -lr * grad and |dW| = lr * abs_product (or
+    lr * |grad| when abs_product is None): the tile's hot path, three passes over W for
+    symmetric soft bounds."""
+    if is_symmetric_soft_bounds(state, cfg):
+        bias = abs_product if abs_product is not None else grad.abs()
+        w.addcmul_(bias, w, value=-lr / state.b_max)  # - |dW| * W / tau, with the old W
+        w.add_(grad, alpha=-lr)
+        return clip_to_bounds(w, state, cfg)
+    dw = grad * -lr
+    dw_abs = abs_product * lr if abs_product is not None else dw.abs()
+    return w.copy_(expected_update(w, dw, dw_abs, state, cfg))
+
+
 def expected_update(
     w: Tensor, dw: Tensor, dw_abs: Tensor, state: DeviceState, cfg: DeviceConfig
 ) -> Tensor:
@@ -107,8 +130,7 @@ def expected_update(
     dw_abs: |dw| for the per-micro-batch granularity, or lr * sum_b |d_b| (x) |x_b| for the
             per-sample granularity (each sample is its own rank-one pulse cycle).
     """
-    if cfg.name == "softbounds" and not isinstance(state.b_max, Tensor) \
-            and state.delta_up == state.delta_down == cfg.dw_min and state.b_max == -state.b_min:
+    if is_symmetric_soft_bounds(state, cfg):
         # symmetric soft bounds: F = 1, G = W / tau (the paper's update, 3 elementwise ops)
         out = w + dw - dw_abs * w / state.b_max
     else:
@@ -138,6 +160,15 @@ def apply_pulses(
     n*delta*(1 + std*xi'/sqrt(n)) in distribution; for soft bounds this is first order.
     Constant step and pow step use first order `delta * n * q(w)`, then the hard clip.
     """
+    if is_symmetric_soft_bounds(state, cfg) and cfg.dw_min_std == 0:
+        # w + (b - w)(1 - a^n_up) - (w + b)(1 - a^n_down) = w (a^n_up + a^n_down - 1)
+        #   + b (a^n_down - a^n_up), a = 1 - dw_min / b: a few passes, no temporaries of exp
+        a = 1.0 - cfg.dw_min / state.b_max
+        p_up = torch.pow(a, n_up)
+        p_down = torch.pow(a, n_down)
+        out = p_up.add(p_down).sub_(1).mul_(w)
+        out.add_(p_down.sub_(p_up), alpha=state.b_max)
+        return out
     if cfg.name == "softbounds":
         inc_up = (state.b_max - w) * -torch.expm1(n_up * _log1m(state.delta_up / state.b_max))
         log_down = _log1m(state.delta_down / -state.b_min)

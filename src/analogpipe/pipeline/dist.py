@@ -58,6 +58,7 @@ from analogpipe.pipeline.local import (
     LossFn,
     MicrobatchRecord,
     PipelineRun,
+    backward_through,
     update_group_sizes,
 )
 from analogpipe.pipeline.schedule import Kind, Schedule, lower_with_comms
@@ -516,7 +517,7 @@ class DistributedPipeline:
                 if lowered.weight_stashing:
                     self._backward_on(stash.pop(k), out, grad)
                 else:
-                    out.backward(grad)
+                    backward_through(out, grad)
                 vf, _ = versions[(s, k)]
                 versions[(s, k)] = (vf, self.version)
                 pending.append(k)
@@ -583,7 +584,7 @@ class DistributedPipeline:
         with torch.no_grad():
             for t, v in zip(live, version):
                 t.copy_(v)
-        out.backward(grad)
+        backward_through(out, grad)
         with torch.no_grad():
             for t, c in zip(live, current):
                 t.copy_(c)

@@ -71,6 +71,12 @@ class PipelineRun:
         return hist
 
 
+def backward_through(out: Tensor, grad: Tensor | None) -> None:
+    """Backpropagate a stage's output; a first stage without weights (a flatten) has no graph."""
+    if out.requires_grad:
+        out.backward(grad)
+
+
 def update_group_sizes(schedule: Schedule) -> dict[int, int]:
     """Micro-batch k -> number of micro-batches its update averages over (last stage's U)."""
     sizes: dict[int, int] = {}
@@ -149,7 +155,7 @@ class LocalPipeline:
                 if schedule.weight_stashing:
                     self._backward_on(s, stash.pop((s, k)), out, grad)
                 else:
-                    out.backward(grad)
+                    backward_through(out, grad)
                 vf, _ = run.versions[(s, k)]
                 run.versions[(s, k)] = (vf, self.version[s])
                 pending[s].append(k)
@@ -191,7 +197,7 @@ class LocalPipeline:
         with torch.no_grad():
             for t, v in zip(live, version):
                 t.copy_(v)
-        out.backward(grad)
+        backward_through(out, grad)
         with torch.no_grad():
             for t, c in zip(live, current):
                 t.copy_(c)

@@ -98,17 +98,36 @@ def analog_mvm(
     w = weight.t() if not transposed else weight  # matmul operand: rows @ w
     if io.is_perfect:
         return inp @ w
+    # The steps are folded into per-row factors so that each pass over the [S, n] tensors is
+    # one in-place op: x_int = round(x / (alpha * step)) holds DAC levels, y = (x_int @ w) * step.
+    i_step, o_step = io.inp_step, io.out_step
     if io.noise_management == "abs_max":
         alpha = inp.abs().amax(dim=-1, keepdim=True)
         # a zero row stays exactly zero (aihwkit: alpha = 0 gives output 0)
-        x = inp / torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+        inv = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).reciprocal_()
+        x = inp * (inv / i_step if i_step > 0 else inv)
     else:
         alpha = None
-        x = inp
-    x = quantize(x, io.inp_step, io.inp_bound)
+        x = inp * (1 / i_step) if i_step > 0 else inp.clone()
+    if i_step > 0:
+        x.round_()
+        level = io.inp_bound / i_step
+        if alpha is None or io.inp_bound < 1:  # abs-max scaled inputs are within [-1, 1]
+            x.clamp_(-level, level)
+    elif alpha is None or io.inp_bound < 1:
+        x.clamp_(-io.inp_bound, io.inp_bound)
     y = x @ w
+    if i_step > 0:
+        y.mul_(i_step)
     if io.out_noise > 0:
-        y = y + io.out_noise * torch.randn(y.shape, generator=generator, device=y.device,
-                                           dtype=y.dtype)
-    y = quantize(y, io.out_step, io.out_bound)
-    return y * alpha if alpha is not None else y
+        y.add_(torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype),
+               alpha=io.out_noise)
+    if o_step > 0:
+        y.mul_(1 / o_step).round_()
+        if math.isfinite(io.out_bound):
+            level = io.out_bound / o_step
+            y.clamp_(-level, level)
+        return y.mul_(alpha * o_step if alpha is not None else o_step)
+    if math.isfinite(io.out_bound):
+        y.clamp_(-io.out_bound, io.out_bound)
+    return y.mul_(alpha) if alpha is not None else y

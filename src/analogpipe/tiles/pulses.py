@@ -86,20 +86,30 @@ def pulse_probabilities(
     return p_x, p_d, bl.to(torch.int64)
 
 
+def _draw(p_x: Tensor, p_d: Tensor, bl: Tensor, s_x: Tensor, s_d: Tensor,
+          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Unsigned bits times signs: [S, T, in] and [S, T, out], T = the longest train."""
+    s, n_in, n_out = p_x.shape[0], p_x.shape[1], p_d.shape[1]
+    t_max = int(bl.max()) if bl.numel() else 1
+    u_x = torch.rand((s, t_max, n_in), generator=generator, device=p_x.device, dtype=p_x.dtype)
+    u_d = torch.rand((s, t_max, n_out), generator=generator, device=p_x.device, dtype=p_x.dtype)
+    x_bits = u_x < p_x[:, None, :]
+    d_bits = u_d < p_d[:, None, :]
+    if t_max > 1 and bool((bl < t_max).any()):  # slots beyond a sample's own BL stay silent
+        live = (torch.arange(t_max, device=p_x.device)[None, :] < bl[:, None])[..., None]
+        x_bits &= live
+        d_bits &= live
+    return (x_bits.to(p_x.dtype).mul_(s_x[:, None, :]),
+            d_bits.to(p_x.dtype).mul_(s_d[:, None, :]))
+
+
 def draw_pulse_trains(
     x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
     """Signed bit trains: X_b [S, T, in] and D_b [S, T, out] in {-1, 0, 1}, T = max BL_s."""
     p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
-    t_max = int(bl.max()) if bl.numel() else 1
-    live = (torch.arange(t_max, device=x.device)[None, :] < bl[:, None])[..., None]  # [S,T,1]
-    s, n_in, n_out = x.shape[0], x.shape[1], d.shape[1]
-    u_x = torch.rand((s, t_max, n_in), generator=generator, device=x.device, dtype=x.dtype)
-    u_d = torch.rand((s, t_max, n_out), generator=generator, device=x.device, dtype=x.dtype)
-    x_bits = ((u_x < p_x[:, None, :]) & live).to(x.dtype) * torch.sign(x)[:, None, :]
-    d_bits = ((u_d < p_d[:, None, :]) & live).to(x.dtype) * torch.sign(d)[:, None, :]
-    return x_bits, d_bits
+    return _draw(p_x, p_d, bl, torch.sign(x), torch.sign(d), generator)
 
 
 def coincidence_counts(x_bits: Tensor, d_bits: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,25 +118,31 @@ def coincidence_counts(x_bits: Tensor, d_bits: Tensor) -> tuple[Tensor, Tensor]:
     db = d_bits.reshape(-1, d_bits.shape[-1])
     signed = db.t() @ xb  # n_down - n_up
     total = db.abs().t() @ xb.abs()  # n_down + n_up
-    return (total - signed) * 0.5, (total + signed) * 0.5
+    n_down = total.add(signed).mul_(0.5)
+    return total.sub_(signed).mul_(0.5), n_down
 
 
 def pulse_counts(
     x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
-    """Coincidence counts of all samples, in chunks that keep the bit tensors in budget."""
+    """Coincidence counts of all samples, in chunks that keep the bit tensors in budget.
+
+    Chunks are sized from the trains' actual length (usually 1 with a batch-mean loss), so
+    most updates are a single draw and two matmuls.
+    """
     check(lr >= 0, "lr", lr, "a value >= 0")
     n_up = torch.zeros(d.shape[1], x.shape[1], device=x.device, dtype=x.dtype)
     n_down = torch.zeros_like(n_up)
     if lr == 0 or x.shape[0] == 0:
         return n_up, n_down
-    per_sample = cfg.desired_bl * (x.shape[1] + d.shape[1])
+    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
+    s_x, s_d = torch.sign(x), torch.sign(d)
+    per_sample = int(bl.max()) * (x.shape[1] + d.shape[1])
     chunk = max(1, cfg.chunk_elements // per_sample)
     for start in range(0, x.shape[0], chunk):
-        xb, db = draw_pulse_trains(
-            x[start:start + chunk], d[start:start + chunk], lr, dw_min, cfg, generator
-        )
+        sl = slice(start, start + chunk)
+        xb, db = _draw(p_x[sl], p_d[sl], bl[sl], s_x[sl], s_d[sl], generator)
         up, down = coincidence_counts(xb, db)
         n_up += up
         n_down += down

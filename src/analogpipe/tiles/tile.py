@@ -25,7 +25,7 @@ from analogpipe.devices import (
     DeviceState,
     apply_pulses,
     clip_to_bounds,
-    expected_update,
+    expected_update_,
     sample_device_state,
 )
 from analogpipe.errors import check
@@ -256,15 +256,12 @@ class AnalogTile(nn.Module):
         if cfg.device.name == "ideal":
             self.weight.add_(grad, alpha=-lr)  # bit for bit torch.optim.SGD
             return
+        prod = None
         if self.needs_abs_product:
             prod = entries[0][1]
             for e in entries[1:]:
                 prod = prod + e[1]
-            dw_abs = prod * lr
-        else:
-            dw_abs = grad.abs() * lr
-        self.weight.copy_(expected_update(self.weight, grad * -lr, dw_abs, self.device_state,
-                                          cfg.device))
+        expected_update_(self.weight, grad, prod, lr, self.device_state, cfg.device)
 
     def extra_repr(self) -> str:
         c = self.config
