@@ -161,14 +161,15 @@ def apply_pulses(
     Constant step and pow step use first order `delta * n * q(w)`, then the hard clip.
     """
     if is_symmetric_soft_bounds(state, cfg) and cfg.dw_min_std == 0:
-        # w + (b - w)(1 - a^n_up) - (w + b)(1 - a^n_down) = w (a^n_up + a^n_down - 1)
-        #   + b (a^n_down - a^n_up), a = 1 - dw_min / b: a few passes, no temporaries of exp
-        a = 1.0 - cfg.dw_min / state.b_max
-        p_up = torch.pow(a, n_up)
-        p_down = torch.pow(a, n_down)
-        out = p_up.add(p_down).sub_(1).mul_(w)
-        out.add_(p_down.sub_(p_up), alpha=state.b_max)
-        return out
+        # w + (b - w)(1 - a^n_up) - (w + b)(1 - a^n_down), a = 1 - dw_min / b, written with
+        # expm1 so that zero counts leave w exactly unchanged; every op is one in-place pass
+        b = state.b_max
+        log_a = math.log1p(-cfg.dw_min / b)
+        e_up = torch.mul(n_up, log_a).expm1_()  # a^n_up - 1
+        e_down = torch.mul(n_down, log_a).expm1_()
+        inc = torch.sub(w, b).mul_(e_up)
+        inc.addcmul_(torch.add(w, b), e_down)
+        return inc.add_(w)
     if cfg.name == "softbounds":
         inc_up = (state.b_max - w) * -torch.expm1(n_up * _log1m(state.delta_up / state.b_max))
         log_down = _log1m(state.delta_down / -state.b_min)
