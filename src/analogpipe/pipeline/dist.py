@@ -54,11 +54,13 @@ from torch import Tensor, nn
 from analogpipe.optim import AnalogSGD
 from analogpipe.pipeline.local import (
     BatchFn,
-    DivergenceError,
     LossFn,
     MicrobatchRecord,
     PipelineRun,
+    backward_on_version,
     backward_through,
+    record_loss,
+    stage_weights,
     update_group_sizes,
 )
 from analogpipe.pipeline.schedule import Kind, Schedule, lower_with_comms
@@ -479,11 +481,11 @@ class DistributedPipeline:
                     if self.is_last:
                         targets[k] = batch(offset + k)[1]
                 if lowered.weight_stashing:
-                    stash[k] = [t.detach().clone() for t in self._weights()]
+                    stash[k] = [t.detach().clone() for t in stage_weights(self.stage)]
                 out = self.stage(inp)
                 if self.is_last:
-                    out = self._loss(out, targets.pop(k).to(out.device), k, group.get(k, 1),
-                                     records)
+                    out = record_loss(self.loss_fn, out, targets.pop(k).to(out.device), k,
+                                      group.get(k, 1), records, where=f" (rank {self.rank})")
                 else:
                     out_shapes[k] = tuple(out.shape)
                 outputs[k] = out
@@ -515,7 +517,7 @@ class DistributedPipeline:
                     t0 = t1
                 out = outputs.pop(k)
                 if lowered.weight_stashing:
-                    self._backward_on(stash.pop(k), out, grad)
+                    backward_on_version(self.stage, stash.pop(k), out, grad)
                 else:
                     backward_through(out, grad)
                 vf, _ = versions[(s, k)]
@@ -559,35 +561,6 @@ class DistributedPipeline:
             run.versions.update(g[1])
         self.last_stats = [g[3] for g in gathered]
         return run
-
-    # -- helpers copied from LocalPipeline (same semantics, one stage) ---------------------
-    def _loss(self, out: Tensor, y: Tensor, k: int, group: int,
-              records: dict[int, MicrobatchRecord]) -> Tensor:
-        loss = self.loss_fn(out, y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise DivergenceError(f"loss of micro-batch {k} is {value} (rank {self.rank})")
-        rec = MicrobatchRecord(loss=value, count=int(y.shape[0]))
-        if out.dim() == 2 and y.dtype == torch.int64:
-            rec.correct = int((out.detach().argmax(1) == y).sum())
-        records[k] = rec
-        return loss / group if group != 1 else loss
-
-    def _weights(self) -> list[Tensor]:
-        tiles = [m.weight for m in self.stage.modules() if isinstance(m, AnalogTile)]
-        return tiles + [p.data for p in self.stage.parameters()]
-
-    def _backward_on(self, version: list[Tensor], out: Tensor, grad: Tensor | None) -> None:
-        """Backward with the weights of the micro-batch's own forward (PipeDream stashing)."""
-        live = self._weights()
-        current = [t.clone() for t in live]
-        with torch.no_grad():
-            for t, v in zip(live, version):
-                t.copy_(v)
-        backward_through(out, grad)
-        with torch.no_grad():
-            for t, c in zip(live, current):
-                t.copy_(c)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _own_state(self) -> dict[str, Any]:

@@ -77,6 +77,45 @@ def backward_through(out: Tensor, grad: Tensor | None) -> None:
         out.backward(grad)
 
 
+def record_loss(loss_fn: LossFn, out: Tensor, y: Tensor, k: int, group: int,
+                records: dict[int, MicrobatchRecord], where: str = "") -> Tensor:
+    """The last stage's loss of micro-batch k: record it, scale it for its update.
+
+    An update averages the gradient over the `group` micro-batches it covers, so the loss
+    that is backpropagated is divided by the group size.
+    """
+    loss = loss_fn(out, y)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DivergenceError(f"loss of micro-batch {k} is {value}{where}")
+    rec = MicrobatchRecord(loss=value, count=int(y.shape[0]))
+    if out.dim() == 2 and y.dtype == torch.int64:
+        rec.correct = int((out.detach().argmax(1) == y).sum())
+    records[k] = rec
+    return loss / group if group != 1 else loss
+
+
+def stage_weights(stage: nn.Module) -> list[Tensor]:
+    """The tensors a stage's weight version consists of: conductances and digital parameters."""
+    tiles = [m.weight for m in stage.modules() if isinstance(m, AnalogTile)]
+    return tiles + [p.data for p in stage.parameters()]
+
+
+def backward_on_version(stage: nn.Module, version: list[Tensor], out: Tensor,
+                        grad: Tensor | None) -> None:
+    """Backward with the weights of the micro-batch's own forward (PipeDream stashing):
+    swap the stashed version in, backpropagate, swap the current weights back."""
+    live = stage_weights(stage)
+    current = [t.clone() for t in live]
+    with torch.no_grad():
+        for t, v in zip(live, version):
+            t.copy_(v)
+    backward_through(out, grad)
+    with torch.no_grad():
+        for t, c in zip(live, current):
+            t.copy_(c)
+
+
 def update_group_sizes(schedule: Schedule) -> dict[int, int]:
     """Micro-batch k -> number of micro-batches its update averages over (last stage's U)."""
     sizes: dict[int, int] = {}
@@ -139,10 +178,11 @@ class LocalPipeline:
                     inp = outputs[(s - 1, k)].detach().requires_grad_()
                     inputs[(s, k)] = inp
                 if schedule.weight_stashing:
-                    stash[(s, k)] = [t.detach().clone() for t in self._weights(s)]
+                    stash[(s, k)] = [t.detach().clone() for t in stage_weights(self.stages[s])]
                 out = self.stages[s](inp)
                 if s == M - 1:
-                    out = self._loss(out, targets.pop(k), k, group.get(k, 1), run)
+                    out = record_loss(self.loss_fn, out, targets.pop(k), k, group.get(k, 1),
+                                      run.records)
                     if on_record is not None:
                         on_record(k, run.records[k])
                 outputs[(s, k)] = out
@@ -153,7 +193,7 @@ class LocalPipeline:
                 out = outputs.pop((s, k))
                 grad = None if s == M - 1 else inputs.pop((s + 1, k)).grad
                 if schedule.weight_stashing:
-                    self._backward_on(s, stash.pop((s, k)), out, grad)
+                    backward_on_version(self.stages[s], stash.pop((s, k)), out, grad)
                 else:
                     backward_through(out, grad)
                 vf, _ = run.versions[(s, k)]
@@ -170,34 +210,3 @@ class LocalPipeline:
                 self.version[s] += 1
             # send/receive actions of a lowered schedule are no-ops in one process
         return run
-
-    # ------------------------------------------------------------------------------------
-    def _loss(self, out: Tensor, y: Tensor, k: int, group: int, run: PipelineRun) -> Tensor:
-        loss = self.loss_fn(out, y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise DivergenceError(f"loss of micro-batch {k} is {value}")
-        rec = MicrobatchRecord(loss=value, count=int(y.shape[0]))
-        if out.dim() == 2 and y.dtype == torch.int64:
-            rec.correct = int((out.detach().argmax(1) == y).sum())
-        run.records[k] = rec
-        # an update averages the gradient over the micro-batches it covers
-        return loss / group if group != 1 else loss
-
-    def _weights(self, s: int) -> list[Tensor]:
-        """The tensors a weight version consists of: conductances and digital parameters."""
-        tiles = [m.weight for m in self.stages[s].modules() if isinstance(m, AnalogTile)]
-        return tiles + [p.data for p in self.stages[s].parameters()]
-
-    def _backward_on(self, s: int, version: list[Tensor], out: Tensor,
-                     grad: Tensor | None) -> None:
-        """Backward with the weights of the micro-batch's own forward (PipeDream stashing)."""
-        live = self._weights(s)
-        current = [t.clone() for t in live]
-        with torch.no_grad():
-            for t, v in zip(live, version):
-                t.copy_(v)
-        backward_through(out, grad)
-        with torch.no_grad():
-            for t, c in zip(live, current):
-                t.copy_(c)
