@@ -126,6 +126,22 @@ def _spec(name: str, block: str, kind: str, module: Any, output: Any, batch: int
     )
 
 
+def _dry_run(model: nn.Module, example_input: Any, handles: list[Any]) -> None:
+    """Run `model` once in eval mode without grad (hooks collect), then remove the hooks and
+    restore the training mode."""
+    import torch
+
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
 def layer_specs(model: nn.Module, example_input: Any) -> list[LayerSpec]:
     """Run ``model`` once on ``example_input`` (batch first) and describe every MVM layer.
 
@@ -133,7 +149,6 @@ def layer_specs(model: nn.Module, example_input: Any) -> list[LayerSpec]:
     ("linear", "conv2d") that exposes torch's size attributes; analog layers' inner modules
     are not visited twice. The model's training mode is restored afterwards.
     """
-    import torch
 
     batch = int(example_input.shape[0])
     specs: list[LayerSpec] = []
@@ -151,21 +166,12 @@ def layer_specs(model: nn.Module, example_input: Any) -> list[LayerSpec]:
                 specs.append(_spec(name, block, kind, mod, output, batch))
 
             handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _dry_run(model, example_input, handles)
     return specs
 
 
 def block_output_elements(model: nn.Module, example_input: Any) -> dict[str, int]:
     """Activation elements per sample leaving each block (for ``stage_costs`` transfers)."""
-    import torch
 
     batch = int(example_input.shape[0])
     out: dict[str, int] = {}
@@ -175,15 +181,7 @@ def block_output_elements(model: nn.Module, example_input: Any) -> dict[str, int
             out[name] = int(output.numel()) // batch
 
         handles.append(child.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _dry_run(model, example_input, handles)
     return out
 
 
