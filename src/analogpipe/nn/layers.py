@@ -91,6 +91,7 @@ class _ConvFn(torch.autograd.Function):
         ctx.layer = layer
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x)
+        ctx.x_rows = None
         if tile.config.forward.is_perfect:
             return F.conv2d(x, layer.weight_view(), bias, layer.stride, layer.padding,
                             layer.dilation)
@@ -98,6 +99,8 @@ class _ConvFn(torch.autograd.Function):
         ho, wo = layer.output_hw(h, w)
         cols = layer.unfold(x)  # [N, C*kh*kw, L]
         rows = cols.transpose(1, 2).reshape(-1, tile.in_size)
+        if tile.needs_rows:  # the pulsed update needs every patch: keep them, no second im2col
+            ctx.x_rows = rows
         y = tile.forward_rows(rows).reshape(n, ho * wo, tile.out_size).transpose(1, 2)
         y = y.reshape(n, tile.out_size, ho, wo)
         return y if bias is None else y + bias[None, :, None, None]
@@ -128,7 +131,10 @@ class _ConvFn(torch.autograd.Function):
             if need_b:
                 db = d.sum((0, 2, 3))
         if tile.needs_rows:
-            x_rows = layer.unfold(x).transpose(1, 2).reshape(-1, tile.in_size)
+            x_rows = ctx.x_rows
+            if x_rows is None:
+                x_rows = layer.unfold(x).transpose(1, 2).reshape(-1, tile.in_size)
+            ctx.x_rows = None
             tile.stash_rows(x_rows, d_rows)
         else:
             # sum over patches of d x^T is the conv weight gradient; |d| |x|^T likewise
