@@ -95,6 +95,9 @@ def test_ap_weight_versions_emerge_from_the_schedule(M, K):
     for (s, k), (vf, vb) in run.versions.items():
         assert vf == max(0, k - (M - 1 - s)) and vb == k
     assert run.peak_in_flight == [M - s for s in range(M)]
+    assert run.peak_weight_copies == [0] * M  # AP: one array per stage, no copies
+    pd = _run(convert_to_analog(_net(), ideal_config()), "pipedream", M, 1, K)
+    assert pd.peak_weight_copies == [M - s for s in range(M)]  # stashing: M - s versions
     assert run.staleness(0)[M - 1] == K - (M - 1)
 
 

@@ -57,6 +57,8 @@ class PipelineRun:
     # (stage, micro-batch) -> (updates applied on the stage before its F, before its B)
     versions: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     peak_in_flight: list[int] = field(default_factory=list)
+    # weight copies held per stage at once (PipeDream stashing only; 0 for AP: no copies)
+    peak_weight_copies: list[int] = field(default_factory=list)
 
     @property
     def losses(self) -> list[float]:
@@ -159,7 +161,7 @@ class LocalPipeline:
         if schedule.num_stages != M:
             raise ValueError(f"schedule has {schedule.num_stages} stages but the pipeline has {M}")
         group = update_group_sizes(schedule)
-        run = PipelineRun(peak_in_flight=[0] * M)
+        run = PipelineRun(peak_in_flight=[0] * M, peak_weight_copies=[0] * M)
         inputs: dict[tuple[int, int], Tensor] = {}  # leaf inputs of stage s for mb k
         outputs: dict[tuple[int, int], Tensor] = {}  # stage outputs (graph) or scaled losses
         targets: dict[int, Tensor] = {}
@@ -179,6 +181,8 @@ class LocalPipeline:
                     inputs[(s, k)] = inp
                 if schedule.weight_stashing:
                     stash[(s, k)] = [t.detach().clone() for t in stage_weights(self.stages[s])]
+                    held = sum(1 for (st, _) in stash if st == s)
+                    run.peak_weight_copies[s] = max(run.peak_weight_copies[s], held)
                 out = self.stages[s](inp)
                 if s == M - 1:
                     out = record_loss(self.loss_fn, out, targets.pop(k), k, group.get(k, 1),

@@ -320,15 +320,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         t0 = time.perf_counter()
 
         def on_record(k: int, rec: MicrobatchRecord, bar=bar, t0=t0, cycles=cycles,
-                      makespan=timeline.makespan) -> None:
+                      makespan=timeline.makespan, seen=[0, 0]) -> None:  # noqa: B006
             if not rec.loss < cfg.divergence_loss:
                 raise DivergenceError(f"loss of micro-batch {k} is {rec.loss:.4g}")
             if bar is not None:
                 done = bar.n + 1
                 bar.update(1)
+                seen[0] += rec.correct
+                seen[1] += rec.count
                 if done % 10 == 0 or done == bar.total:
                     rate = done * cfg.micro_batch_size / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{rec.loss:.3f}", samples_s=f"{rate:.0f}",
+                    bar.set_postfix(loss=f"{rec.loss:.3f}", acc=f"{seen[0] / seen[1]:.3f}",
+                                    samples_s=f"{rate:.0f}",
                                     cycles=f"{cycles + makespan * done / bar.total:.0f}")
 
         try:
