@@ -183,3 +183,25 @@ def test_build_model_width_defaults() -> None:
     m = build_model("mlp", 10, (1, 8, 8), width=32)
     assert m.get_submodule("fc1")[0].out_features == 32
     assert m.get_submodule("fc2")[0].out_features == 16
+
+
+def test_he_initialisation_statistics_and_seed():
+    import math
+
+    import pytest
+    import torch
+
+    from analogpipe.models import build_model, initialize
+
+    m = initialize(build_model("mlp", 10, (64,), width=256, depth=3), "he", seed=3)
+    linears = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+    for i, lin in enumerate(linears):
+        fan_in = lin.weight.shape[1]
+        want = math.sqrt((1.0 if i == len(linears) - 1 else 2.0) / fan_in)
+        # std of n >= 2560 normals: relative standard error <= 1/sqrt(2n) ~ 1.4%; allow 8%
+        assert abs(lin.weight.std().item() / want - 1) < 0.08
+        assert torch.equal(lin.bias, torch.zeros_like(lin.bias))
+    again = initialize(build_model("mlp", 10, (64,), width=256, depth=3), "he", seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(m.parameters(), again.parameters()))
+    with pytest.raises(ValueError, match="init"):
+        initialize(m, "xavier", 0)

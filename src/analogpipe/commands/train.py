@@ -27,6 +27,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mlp", choices=MODEL_NAMES)
     p.add_argument("--width", type=int, default=None, help="base width of the model")
     p.add_argument("--depth", type=int, default=None, help="mlp: number of hidden layers")
+    p.add_argument("--init", default="default", choices=("default", "he"),
+                   help="weight init: torch's default, or Kaiming-normal (deep MLPs)")
     p.add_argument("--scheme", default="ap", choices=SCHEMES)
     p.add_argument("--stages", type=int, default=1, help="pipeline stages M")
     p.add_argument("--microbatches", type=int, default=4, help="micro-batches per mini-batch B")
@@ -60,7 +62,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="this process was started by torchrun: join its process group")
 
 
-CONFIG_FIELDS = ("dataset", "data_dir", "subset", "model", "width", "depth", "scheme", "stages",
+CONFIG_FIELDS = ("dataset", "data_dir", "subset", "model", "width", "depth", "init", "scheme",
+                 "stages",
                  "microbatches", "micro_batch_size", "batch_size", "epochs", "lr",
                  "lr_milestones", "lr_gamma", "momentum", "weight_decay", "device_model", "tau",
                  "dw_min", "io_bits", "out_noise", "update", "granularity", "partition_metric",

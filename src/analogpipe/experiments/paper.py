@@ -132,7 +132,8 @@ def _config(s: Settings, *, scheme: str, stages: int, tau: float, seed: int,
     model, width, depth = ((s.speed_model, s.speed_width, s.speed_depth) if speed
                            else (s.model, s.width, s.depth))
     return TrainConfig(
-        dataset=s.dataset, data_dir=s.data_dir, subset=s.subset, model=model, width=width,
+        init=s.init, dataset=s.dataset, data_dir=s.data_dir, subset=s.subset, model=model,
+        width=width,
         depth=depth, scheme=scheme, stages=stages, microbatches=s.microbatches,
         micro_batch_size=s.micro_batch_size, epochs=s.epochs, lr=s.lr_for(scheme),
         lr_milestones=s.lr_milestones, tau=tau, seed=seed, device=s.device,

@@ -66,45 +66,6 @@ def completed(spec: RunSpec, root: str | Path) -> dict[str, Any] | None:
     return rec
 
 
-def apply_init(model: Any, init: str, seed: int) -> None:
-    """Re-initialise Linear / Conv weights (digital or on analog tiles) before training.
-
-    Why: torch's default init (uniform, gain 1/sqrt(3)) shrinks the signal of a deep ReLU MLP
-    so fast that a 7-hidden-layer MLP does not learn at all; "he" draws N(0, 2 / fan_in)
-    (N(0, 1 / fan_in) for the logits layer), zero biases, seeded by the run's seed.
-    """
-    if init == "default":
-        return
-    if init != "he":
-        raise ValueError(f"init={init!r} is unknown: use 'he' or 'default'")
-    import torch
-    from torch import nn
-
-    from analogpipe.nn.layers import AnalogConv2d, AnalogLinear
-
-    gen = torch.Generator().manual_seed(seed * 1009 + 17)
-    layers = [(n, m) for n, m in model.named_modules()
-              if isinstance(m, (nn.Linear, nn.Conv2d, AnalogLinear, AnalogConv2d))]
-    for i, (_, m) in enumerate(layers):
-        last = i == len(layers) - 1
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            shape = tuple(m.weight.shape)
-        elif isinstance(m, AnalogLinear):
-            shape = (m.out_features, m.in_features)
-        else:
-            shape = (m.tile.out_size, m.tile.in_size)
-        fan_in = math.prod(shape[1:])
-        gain = 1.0 if last else math.sqrt(2.0)
-        w = torch.randn(*shape, generator=gen) * (gain / math.sqrt(fan_in))
-        with torch.no_grad():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                m.weight.copy_(w.to(m.weight))
-            else:
-                m.tile.set_weights(w.reshape(m.tile.out_size, m.tile.in_size))
-            if m.bias is not None:
-                m.bias.zero_()
-
-
 def _atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
@@ -120,7 +81,7 @@ def execute(spec: RunSpec, root: str) -> RunResult:
     import torch
 
     from analogpipe.errors import ConfigError
-    from analogpipe.train import TrainingDiverged, build, train
+    from analogpipe.train import TrainingDiverged, train
 
     torch.set_num_threads(1)
     rec = completed(spec, root)
@@ -138,9 +99,7 @@ def execute(spec: RunSpec, root: str) -> RunResult:
             except ConfigError:
                 resumed = False  # other settings: start again
         if not resumed:
-            setup = build(spec.config)
-            apply_init(setup.model, spec.init, spec.config.seed)
-            train(spec.config, out, progress=False, setup=setup, log=_quiet)
+            train(spec.config, out, progress=False, log=_quiet)
     except TrainingDiverged as exc:
         status, message = "diverged", str(exc).split(";")[0]
     except Exception as exc:  # one failed run must not stop the others

@@ -32,6 +32,7 @@ class TrainConfig:
     model: str = "mlp"
     width: int | None = None
     depth: int | None = None
+    init: str = "default"
     scheme: str = "ap"
     stages: int = 1
     microbatches: int = 4
@@ -68,6 +69,7 @@ class TrainConfig:
     def validate(self) -> None:
         check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
         check(self.scheme in SCHEMES, "scheme", self.scheme, f"one of {SCHEMES}")
+        check(self.init in ("default", "he"), "init", self.init, "'default' or 'he'")
         check(isinstance(self.stages, int) and self.stages >= 1, "stages", self.stages,
               "an integer >= 1")
         check(self.microbatches >= 1, "microbatches", self.microbatches, "an integer >= 1")

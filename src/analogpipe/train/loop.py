@@ -25,7 +25,7 @@ from torch import Tensor, nn
 import analogpipe
 from analogpipe.data import Dataset, augment, load_dataset
 from analogpipe.errors import ConfigError
-from analogpipe.models import blocks, build_model
+from analogpipe.models import blocks, build_model, initialize
 from analogpipe.nn import convert_to_analog
 from analogpipe.pipeline import schedules
 from analogpipe.pipeline.local import DivergenceError, LocalPipeline, MicrobatchRecord
@@ -99,6 +99,7 @@ def build(cfg: TrainConfig) -> Setup:
                           f"larger than the {data.train_x.shape[0]} training samples")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.in_shape, cfg.width, cfg.depth)
+    initialize(model, cfg.init, cfg.seed)
     names = [n for n, _ in blocks(model)]
     if cfg.stages > len(names):
         raise ConfigError(f"stages={cfg.stages} but model {cfg.model!r} has only {len(names)} "
