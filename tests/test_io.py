@@ -5,15 +5,17 @@ import torch
 
 from analogpipe.devices import DeviceConfig
 from analogpipe.nn import AnalogConv2d, AnalogLinear
-from analogpipe.tiles import IOConfig, TileConfig, analog_mvm, quantize
+from analogpipe.tiles import IOConfig, TileConfig, analog_mvm, res_for_bits
 from analogpipe.tiles.tile import MappingConfig
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_n_bit_quantizer_has_exactly_2_pow_n_minus_1_levels(bits):
-    io = IOConfig.bits(bits, bits)
+    # the DAC as the MVM applies it: one input, weight 1, no noise management, ideal ADC
+    io = IOConfig(inp_res=res_for_bits(bits), noise_management="none", out_res=0,
+                  out_noise=0.0, out_bound=float("inf"))
     v = torch.linspace(-3, 3, 200_001, dtype=torch.float64)
-    q = quantize(v, io.inp_step, io.inp_bound)
+    q = analog_mvm(v[:, None], torch.ones(1, 1, dtype=torch.float64), io, None)
     levels = torch.unique(q)
     n = 2**bits - 1
     assert levels.numel() == n

@@ -76,9 +76,25 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(**{f: getattr(args, f) for f in CONFIG_FIELDS})
 
 
+def run_training(fn, prefix: str = "analogpipe train") -> int:
+    """Run `fn()` and map its outcome to the exit code: 0 done, 2 bad settings (ConfigError),
+    3 diverged (TrainingDiverged, the last good checkpoint is kept)."""
+    from analogpipe.train import TrainingDiverged
+
+    try:
+        fn()
+    except ConfigError as exc:
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     from analogpipe.data import DataError
-    from analogpipe.train import TrainingDiverged, build, train
+    from analogpipe.train import build, train
 
     try:
         cfg = config_from_args(args)
@@ -90,12 +106,5 @@ def main(args: argparse.Namespace) -> int:
         from analogpipe.commands import train_dist
 
         return train_dist.main(args, cfg)
-    try:
-        train(cfg, args.out, resume=args.resume, progress=not args.no_progress, setup=setup)
-    except ConfigError as exc:
-        print(f"analogpipe train: error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        print(f"analogpipe train: {exc}", file=sys.stderr)
-        return 3
-    return 0
+    return run_training(lambda: train(cfg, args.out, resume=args.resume,
+                                      progress=not args.no_progress, setup=setup))

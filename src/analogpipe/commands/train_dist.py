@@ -26,8 +26,6 @@ def _worker(rank: int, world_size: int, payload: tuple[dict[str, Any], str, bool
 
 
 def main(args: argparse.Namespace, cfg) -> int:
-    from analogpipe.errors import ConfigError
-    from analogpipe.train import TrainingDiverged
 
     payload = (cfg.to_dict(), args.out, bool(args.resume))
     if args.launcher == "torchrun":
@@ -38,15 +36,10 @@ def main(args: argparse.Namespace, cfg) -> int:
             print(f"analogpipe train: error: torchrun started {world_size} processes but "
                   f"--stages is {cfg.stages}: use --nproc-per-node {cfg.stages}", file=sys.stderr)
             return 2
-        try:
-            _worker(rank, world_size, payload)
-        except ConfigError as exc:
-            print(f"analogpipe train: rank {rank}: error: {exc}", file=sys.stderr)
-            return 2
-        except TrainingDiverged as exc:
-            print(f"analogpipe train: rank {rank}: {exc}", file=sys.stderr)
-            return 3
-        return 0
+        from analogpipe.commands.train import run_training
+
+        return run_training(lambda: _worker(rank, world_size, payload),
+                            prefix=f"analogpipe train: rank {rank}")
 
     from analogpipe.pipeline.launch import WorkerFailed, launch_local
 

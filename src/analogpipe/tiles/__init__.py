@@ -1,6 +1,6 @@
-from analogpipe.tiles.io import IOConfig, analog_mvm, quantize, res_for_bits
+from analogpipe.tiles.io import IOConfig, analog_mvm, res_for_bits
 from analogpipe.tiles.pulses import UpdateConfig
 from analogpipe.tiles.tile import AnalogTile, MappingConfig, TileConfig
 
 __all__ = ["AnalogTile", "IOConfig", "MappingConfig", "TileConfig", "UpdateConfig",
-           "analog_mvm", "quantize", "res_for_bits"]
+           "analog_mvm", "res_for_bits"]

@@ -76,15 +76,6 @@ class IOConfig:
         return self.out_res * 2 * self.out_bound if self.out_res > 0 else 0.0
 
 
-def quantize(v: Tensor, step: float, bound: float) -> Tensor:
-    """round(v/step)*step (half to even), clipped to [-bound, bound]; step 0 only clips."""
-    if step > 0:
-        v = torch.round(v / step) * step
-    if math.isfinite(bound):
-        v = v.clamp(-bound, bound)
-    return v
-
-
 def analog_mvm(
     inp: Tensor, weight: Tensor, io: IOConfig, generator: torch.Generator | None,
     transposed: bool = False,

@@ -26,7 +26,7 @@ import analogpipe
 from analogpipe.data import Dataset, augment, load_dataset
 from analogpipe.errors import ConfigError
 from analogpipe.models import blocks, build_model, initialize
-from analogpipe.nn import convert_to_analog
+from analogpipe.nn import analog_tiles, convert_to_analog
 from analogpipe.pipeline import schedules
 from analogpipe.pipeline.local import DivergenceError, LocalPipeline, MicrobatchRecord
 from analogpipe.pipeline.partition import block_costs, partition, split_model
@@ -153,7 +153,7 @@ def evaluate(setup: Setup, epoch: int = 0) -> tuple[float, float]:
     training streams, and every executor evaluates with the same draws.
     """
     model, data, cfg = setup.model, setup.data, setup.cfg
-    for tile in (m for m in model.modules() if isinstance(m, AnalogTile)):
+    for tile in analog_tiles(model):
         tile.reseed("eval", epoch)
     model.eval()
     total_loss, correct, n = 0.0, 0, data.test_x.shape[0]
