@@ -211,9 +211,32 @@ class AnalogTile(nn.Module):
         return (u.mode == "expected" and u.granularity == "sample"
                 and self.config.device.name != "ideal")
 
+    def update_compensation(self) -> Tensor | None:
+        """1 / out_scale^2 per output row [out], or None without output scaling.
+
+        The error d reaching the tile's output already carries the factor s (chain rule through
+        y = s * W x). Updating W with d directly would move the logical weight s * W by
+        -lr * s^2 * d_logical x^T. aihwkit's mapping divides the update's error by the mapping
+        scale so that the logical weight follows plain SGD; analogpipe does the same for the whole
+        output scale (fixed omega mapping and learned scaling): W moves by -lr * d / s^2 x^T,
+        so s * W moves by -lr * d_logical x^T. A zero scale is treated as 1 (no compensation).
+        """
+        s = self.out_scale
+        if s is None:
+            return None
+        s2 = s.detach().square()
+        return torch.where(s2 > 0, s2.reciprocal(), torch.ones_like(s2))
+
     def stash_rows(self, x: Tensor, d: Tensor) -> None:
-        """Stash one micro-batch's rows x [S, in], d [S, out] (d already includes out_scale)."""
+        """Stash one micro-batch's rows x [S, in], d [S, out].
+
+        d is the gradient at the tile's output (it includes out_scale); the stash holds it
+        compensated by `update_compensation()`, so the logical weight follows SGD.
+        """
         x, d = x.detach(), d.detach()
+        comp = self.update_compensation()
+        if comp is not None:
+            d = d * comp
         if self.needs_rows:
             self._stash.append((x, d))
         else:
@@ -221,8 +244,19 @@ class AnalogTile(nn.Module):
             self._stash.append((grad, d.abs().t().mm(x.abs()) if self.needs_abs_product else None))
 
     def stash_products(self, grad: Tensor, abs_product: Tensor | None) -> None:
-        """Stash precomputed sum_s d_s x_s^T (and sum_s |d_s| |x_s|^T) for expected updates."""
-        self._stash.append((grad.detach(), None if abs_product is None else abs_product.detach()))
+        """Stash precomputed sum_s d_s x_s^T (and sum_s |d_s| |x_s|^T) for expected updates.
+
+        Both are [out, in] products of the error at the tile's output; they are compensated for
+        the output scale like `stash_rows` (row i times 1 / s_i^2).
+        """
+        grad = grad.detach()
+        abs_product = None if abs_product is None else abs_product.detach()
+        comp = self.update_compensation()
+        if comp is not None:
+            grad = grad * comp[:, None]
+            if abs_product is not None:
+                abs_product = abs_product * comp[:, None]
+        self._stash.append((grad, abs_product))
 
     @property
     def pending(self) -> int:
