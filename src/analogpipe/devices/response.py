@@ -71,7 +71,14 @@ def sample_device_state(
     hi, lo = torch.maximum(b_max, b_min), torch.minimum(b_max, b_min)
     # enforce_consistency: b_max > 0 > b_min (a tiny floor keeps slopes finite)
     eps = 1e-6 * cfg.w_max
-    return DeviceState(hi.abs().clamp_min(eps), -lo.abs().clamp_min(eps), delta_up, delta_down)
+    b_max, b_min = hi.abs().clamp_min(eps), -lo.abs().clamp_min(eps)
+    if cfg.name == "softbounds":
+        # a drawn step at least as large as its bound (gain tail, or a bound drawn near 0) would
+        # overshoot the bound in one pulse, where aihwkit clips: cap it just below the bound, so
+        # one pulse still saturates the device and the n-pulse closed form stays finite
+        delta_up = torch.minimum(delta_up, b_max * (1 - 1e-6))
+        delta_down = torch.minimum(delta_down, -b_min * (1 - 1e-6))
+    return DeviceState(b_max, b_min, delta_up, delta_down)
 
 
 def response(w: Tensor, state: DeviceState, cfg: DeviceConfig) -> tuple[Scalarish, Scalarish]:
@@ -82,10 +89,11 @@ def response(w: Tensor, state: DeviceState, cfg: DeviceConfig) -> tuple[Scalaris
         return g_up, g_down
     if cfg.name == "softbounds":
         return g_up * (1 - w / state.b_max), g_down * (1 - w / state.b_min)
-    # powstep: ((distance to the bound) / (half range)) ** gamma, = soft bounds at gamma 1
-    half = (state.b_max - state.b_min) / 2
-    up = ((state.b_max - w) / half).clamp_min(0) ** cfg.pow_gamma
-    down = ((w - state.b_min) / half).clamp_min(0) ** cfg.pow_gamma
+    # powstep (aihwkit's PowStep): ((distance to the bound) / (full range)) ** gamma; at
+    # gamma = 1 this is soft bounds with half the step (q = 0.5 at w = 0 of a symmetric device)
+    span = state.b_max - state.b_min
+    up = ((state.b_max - w) / span).clamp_min(0) ** cfg.pow_gamma
+    down = ((w - state.b_min) / span).clamp_min(0) ** cfg.pow_gamma
     return g_up * up, g_down * down
 
 

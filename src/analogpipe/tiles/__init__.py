@@ -1,6 +1,12 @@
 from analogpipe.tiles.io import IOConfig, analog_mvm, res_for_bits
 from analogpipe.tiles.pulses import UpdateConfig
-from analogpipe.tiles.tile import AnalogTile, MappingConfig, TileConfig
+from analogpipe.tiles.tile import (
+    AnalogTile,
+    MappingConfig,
+    NonFiniteUpdateError,
+    TileConfig,
+    accept_config_changes,
+)
 
-__all__ = ["AnalogTile", "IOConfig", "MappingConfig", "TileConfig", "UpdateConfig",
-           "analog_mvm", "res_for_bits"]
+__all__ = ["AnalogTile", "IOConfig", "MappingConfig", "NonFiniteUpdateError", "TileConfig",
+           "UpdateConfig", "accept_config_changes", "analog_mvm", "res_for_bits"]

@@ -8,12 +8,21 @@ The seam with the pipeline: the backward pass *stashes* what the update needs (t
 products, or the raw (x, d) rows for pulsed updates) and `apply_update(lr, count)` applies the
 oldest `count` stash entries later. The schedule decides when; the MVMs always read the current
 conductances, so a forward and a backward can see different weight versions.
+
+Micro-batches: a layer used several times in one forward (weight sharing) stashes one entry per
+use. The executors call `end_microbatch()` after each backward, so the stash is grouped per
+micro-batch and `apply_update(lr, count)` applies `count` *micro-batches* (all their entries).
+Entries stashed since the last `end_microbatch()` count as one micro-batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+import warnings
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,9 +37,61 @@ from analogpipe.devices import (
     expected_update_,
     sample_device_state,
 )
-from analogpipe.errors import check
+from analogpipe.errors import ConfigError, check
 from analogpipe.tiles.io import IOConfig, analog_mvm
 from analogpipe.tiles.pulses import UpdateConfig, pulse_counts
+
+
+class NonFiniteUpdateError(FloatingPointError):
+    """NaN or inf in what an analog layer stashed for its update (raised at the backward,
+    before any conductance changes)."""
+
+
+# fields that do not change the simulated physics (memory/speed budgets): ignored when a saved
+# tile state is compared with the model's config
+_NON_PHYSICS_FIELDS = frozenset({"update.chunk_elements"})
+_accepting = threading.local()
+
+
+@contextlib.contextmanager
+def accept_config_changes() -> Iterator[None]:
+    """Within this block, loading a tile state saved with a different TileConfig is allowed.
+
+    The model keeps its own config; the saved conductances (and the device-to-device draws,
+    where both configs have them) are loaded. A warning names the fields that differ. Outside
+    the block such a load raises ConfigError.
+    """
+    prev = getattr(_accepting, "on", False)
+    _accepting.on = True
+    try:
+        yield
+    finally:
+        _accepting.on = prev
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'field: saved X, this model Y' for every physics field where two TileConfig dicts
+    differ (memory budgets such as update.chunk_elements are ignored)."""
+    a, b = _flatten(saved), _flatten(current)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in _NON_PHYSICS_FIELDS:
+            continue
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if va != vb and not (isinstance(va, float) and isinstance(vb, float)
+                             and math.isnan(va) and math.isnan(vb)):
+            out.append(f"{key}: saved {va!r}, this model {vb!r}")
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +109,9 @@ class MappingConfig:
 
     def __post_init__(self) -> None:
         if self.weight_scaling_omega is not None:
-            check(self.weight_scaling_omega > 0, "mapping.weight_scaling_omega",
-                  self.weight_scaling_omega, "a value > 0 (and below the device's w_max), or None")
+            om = self.weight_scaling_omega
+            check(math.isfinite(om) and om > 0, "mapping.weight_scaling_omega", om,
+                  "a value > 0 (and below the device's w_max), or None")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +182,9 @@ class AnalogTile(nn.Module):
         # micro-batches (GPipe vs no pipeline) still draw the same numbers for each of them
         self._generators: dict[str, torch.Generator] = {}
         self._stash: deque[tuple[Tensor, Tensor | None]] = deque()
+        self._groups: deque[int] = deque()  # entries per closed micro-batch, oldest first
+        self._open = 0  # entries stashed since the last end_microbatch()
+        self.layer_name: str | None = None  # set by convert_to_analog / AnalogSGD (messages)
 
     # --- state -------------------------------------------------------------------------
     @property
@@ -139,8 +204,19 @@ class AnalogTile(nn.Module):
         return gen
 
     def _stream_seed(self, purpose: str, salt: int) -> int:
-        offset = {"forward": 1, "backward": 2, "update": 3, "eval": 4}[purpose]
+        offset = {"forward": 1, "backward": 2, "update": 3, "eval": 4, "init": 5}[purpose]
         return (self.seed * 8 + offset + 1_000_003 + salt * 7_919) % (2**63)
+
+    def init_generator(self) -> torch.Generator:
+        """A fresh CPU generator for the layer's initial weights (its own stream: independent of
+        the device-to-device draws and of the run-time noise)."""
+        return torch.Generator().manual_seed(self._stream_seed("init", 0))
+
+    def describe(self) -> str:
+        """How messages name this tile: its layer's name when known."""
+        size = f"{self.out_size}x{self.in_size}"
+        return f"analog layer {self.layer_name!r} ({size})" if self.layer_name else \
+            f"analog tile {size}"
 
     def reseed(self, purpose: str, salt: int) -> None:
         """Restart one stream from (seed, purpose, salt), e.g. the eval noise of each epoch."""
@@ -179,6 +255,30 @@ class AnalogTile(nn.Module):
         return {"seed": self.seed, "config": self.config.to_dict(),
                 "generators": {k: (str(g.device), g.get_state())
                                for k, g in self._generators.items()}}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:  # type: ignore[override]
+        # compare the configs before any of this tile's buffers are overwritten
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict) and "config" in extra:
+            self._check_saved_config(extra["config"])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _check_saved_config(self, saved: dict[str, Any]) -> None:
+        diff = config_differences(saved, self.config.to_dict())
+        if not diff:
+            return
+        fields = "; ".join(diff)
+        if getattr(_accepting, "on", False):
+            warnings.warn(f"{self.describe()}: loaded a state saved with a different tile "
+                          f"config ({fields}); keeping this model's config", stacklevel=3)
+            return
+        raise ConfigError(
+            f"{self.describe()}: the state was saved with a different tile config: {fields}. "
+            "Build the model with the saved config (TileConfig.from_dict), or load inside "
+            "`with analogpipe.tiles.accept_config_changes():` to keep this model's config and "
+            "take only the saved conductances")
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.seed = state["seed"]
@@ -227,21 +327,39 @@ class AnalogTile(nn.Module):
         s2 = s.detach().square()
         return torch.where(s2 > 0, s2.reciprocal(), torch.ones_like(s2))
 
+    def _refuse_non_finite(self, what: str) -> None:
+        raise NonFiniteUpdateError(
+            f"{self.describe()}: {what} contains NaN or inf; no conductance was changed "
+            "(the update would write non-finite weights). Check the data and the layers "
+            "before it, or lower the learning rate")
+
     def stash_rows(self, x: Tensor, d: Tensor) -> None:
-        """Stash one micro-batch's rows x [S, in], d [S, out].
+        """Stash one use's rows x [S, in], d [S, out].
 
         d is the gradient at the tile's output (it includes out_scale); the stash holds it
         compensated by `update_compensation()`, so the logical weight follows SGD.
+        Raises NonFiniteUpdateError (naming the layer) if x or d holds NaN or inf.
         """
         x, d = x.detach(), d.detach()
         comp = self.update_compensation()
         if comp is not None:
             d = d * comp
         if self.needs_rows:
-            self._stash.append((x, d))
+            if not bool(torch.isfinite(x).all()):
+                self._refuse_non_finite("the layer input x stashed for the pulsed update")
+            if not bool(torch.isfinite(d).all()):
+                self._refuse_non_finite("the error d (gradient at the layer output) stashed for "
+                                        "the pulsed update")
+            entry: tuple[Tensor, Tensor | None] = (x, d)
         else:
             grad = d.t().mm(x)
-            self._stash.append((grad, d.abs().t().mm(x.abs()) if self.needs_abs_product else None))
+            if not bool(torch.isfinite(grad).all()):  # any NaN/inf in x or d reaches d^T x
+                which = "x (layer input)" if not bool(torch.isfinite(x).all()) else \
+                    "d (gradient at the layer output)"
+                self._refuse_non_finite(f"the update product d x^T (from non-finite {which})")
+            entry = (grad, d.abs().t().mm(x.abs()) if self.needs_abs_product else None)
+        self._stash.append(entry)
+        self._open += 1
 
     def stash_products(self, grad: Tensor, abs_product: Tensor | None) -> None:
         """Stash precomputed sum_s d_s x_s^T (and sum_s |d_s| |x_s|^T) for expected updates.
@@ -256,22 +374,45 @@ class AnalogTile(nn.Module):
             grad = grad * comp[:, None]
             if abs_product is not None:
                 abs_product = abs_product * comp[:, None]
+        if not bool(torch.isfinite(grad).all()):
+            self._refuse_non_finite("the update product sum d x^T (from a non-finite layer "
+                                    "input x or error d)")
         self._stash.append((grad, abs_product))
+        self._open += 1
+
+    def end_microbatch(self) -> None:
+        """Close the current micro-batch: every entry stashed since the last call (one per use
+        of the layer in that micro-batch, possibly none) forms one micro-batch of the stash."""
+        self._groups.append(self._open)
+        self._open = 0
 
     @property
     def pending(self) -> int:
-        return len(self._stash)
+        """Micro-batches whose updates are stashed and not yet applied."""
+        return len(self._groups) + (1 if self._open else 0)
 
     def clear_stash(self) -> None:
+        """Drop every pending update (AnalogSGD.zero_grad does this)."""
         self._stash.clear()
+        self._groups.clear()
+        self._open = 0
 
     @torch.no_grad()
     def apply_update(self, lr: float, count: int | None = None) -> None:
-        """Apply the oldest `count` stash entries (all if None) as one update with rate lr."""
+        """Apply the oldest `count` micro-batches of the stash (all if None) as one update with
+        rate lr: every use of the layer within each of those micro-batches."""
         check(lr >= 0 and math.isfinite(lr), "lr", lr, "a finite value >= 0")
-        n = len(self._stash) if count is None else count
-        check(0 <= n <= len(self._stash), "update count", n,
-              f"at most the {len(self._stash)} pending stash entries")
+        if count is None:
+            sizes = list(self._groups) + ([self._open] if self._open else [])
+            self._groups.clear()
+            self._open = 0
+        else:
+            if count > len(self._groups) and self._open:
+                self.end_microbatch()  # entries since the last boundary: the current one
+            check(0 <= count <= len(self._groups), "update count", count,
+                  f"at most the {len(self._groups)} pending micro-batches")
+            sizes = [self._groups.popleft() for _ in range(count)]
+        n = sum(sizes)
         if n == 0:
             return
         entries = [self._stash.popleft() for _ in range(n)]
@@ -284,20 +425,31 @@ class AnalogTile(nn.Module):
             self.weight.copy_(apply_pulses(self.weight, n_up, n_down, self.device_state,
                                            cfg.device, gen))
             return
-        grad = entries[0][0]
-        for e in entries[1:]:  # same accumulation order as autograd's .grad
-            grad = grad + e[0]
+        grad = _grouped_sum([e[0] for e in entries], sizes)
         if cfg.device.name == "ideal":
             self.weight.add_(grad, alpha=-lr)  # bit for bit torch.optim.SGD
             return
-        prod = None
-        if self.needs_abs_product:
-            prod = entries[0][1]
-            for e in entries[1:]:
-                prod = prod + e[1]
+        prod = _grouped_sum([e[1] for e in entries], sizes) if self.needs_abs_product else None
         expected_update_(self.weight, grad, prod, lr, self.device_state, cfg.device)
 
     def extra_repr(self) -> str:
         c = self.config
         return (f"{self.out_size}x{self.in_size}, device={c.device.name}, "
                 f"update={c.update.mode}/{c.update.granularity}")
+
+
+def _grouped_sum(terms: list[Tensor], sizes: list[int]) -> Tensor:
+    """Sum within each micro-batch (the uses of a shared layer, as autograd sums them into one
+    gradient), then across micro-batches in order (as .grad accumulates)."""
+    total: Tensor | None = None
+    i = 0
+    for size in sizes:
+        if size == 0:
+            continue
+        part = terms[i]
+        for t in terms[i + 1:i + size]:
+            part = part + t
+        i += size
+        total = part if total is None else total + part
+    assert total is not None
+    return total
