@@ -5,16 +5,62 @@ backward propagates the error through the conductances current at *backward* tim
 read live, never copied) and stashes what the update needs; the update is applied later by
 `AnalogSGD` / `tile.apply_update`. That is exactly the asynchronous pipeline's physics: no
 weight stashing, forward and backward may see different weight versions.
+
+Layers built directly are initialised as `nn.Linear` / `nn.Conv*d` initialise (Kaiming-uniform
+weights, uniform bias in +-1/sqrt(fan_in)) from a generator seeded by the layer's seed, and the
+weights are programmed onto the tile. `.weight` is a read-only copy of the logical weights
+(out_scale * W) in the shape of the digital layer's weight; `.bias` is the digital bias.
 """
 
 from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analogpipe.errors import check
+from analogpipe.errors import ConfigError, check
 from analogpipe.tiles.tile import AnalogTile, TileConfig
+
+
+class DigitalLayerWarning(UserWarning):
+    """convert_to_analog left a layer with weights digital (its computation is not simulated
+    on analog tiles)."""
+
+
+class _LogicalWeight:
+    """Read-only `.weight` of an analog layer: a copy of the logical weights, shaped like the
+    digital layer's weight. Assigning to it raises (program weights with `set_weights`)."""
+
+    def __get__(self, layer: Any, owner: type | None = None) -> Any:
+        if layer is None:
+            return self
+        return layer.tile.get_weights().reshape(layer.weight_shape)
+
+    def __set__(self, layer: Any, value: Any) -> None:
+        raise AttributeError(
+            f"{type(layer).__name__}.weight is a read-only view of the weights on the analog "
+            "tile; program new weights with layer.set_weights(w) (mapped and clipped to the "
+            "device range)")
+
+
+def _init_like_torch(layer: Any, shape: tuple[int, ...]) -> None:
+    """nn.Linear / nn.Conv*d's reset_parameters, drawn from the tile's init generator, then
+    programmed onto the tile."""
+    gen = layer.tile.init_generator()
+    w = torch.empty(shape)
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+    layer.set_weights(w)
+    if layer.bias is not None:
+        fan_in = w[0].numel()
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        with torch.no_grad():
+            layer.bias.uniform_(-bound, bound, generator=gen)
 
 
 def _anchor() -> Tensor:
@@ -51,21 +97,37 @@ class _LinearFn(torch.autograd.Function):
 
 
 class AnalogLinear(nn.Module):
-    """y = out_scale * (W x) + bias with W on an analog tile; bias digital."""
+    """y = out_scale * (W x) + bias with W [out_features, in_features] on an analog tile; bias
+    digital. x: [..., in_features] -> [..., out_features].
+
+    init: initialise like nn.Linear from the seed and program the tile (False: zero weights,
+    for callers that program weights right away).
+    """
 
     analog_kind = "linear"
+    weight = _LogicalWeight()
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 config: TileConfig | None = None, seed: int = 0) -> None:
+                 config: TileConfig | None = None, seed: int = 0, *, init: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.tile = AnalogTile(out_features, in_features, config or TileConfig(), seed)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._anchor = _anchor()
+        if init:
+            _init_like_torch(self, self.weight_shape)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features)
+
+    def set_weights(self, w: Tensor) -> None:
+        """Program logical weights of `weight_shape` onto the tile (mapped, clipped)."""
+        self.tile.set_weights(torch.as_tensor(w).reshape(self.tile.out_size, -1))
 
     @classmethod
     def from_digital(cls, m: nn.Linear, config: TileConfig, seed: int = 0) -> AnalogLinear:
-        layer = cls(m.in_features, m.out_features, m.bias is not None, config, seed)
+        layer = cls(m.in_features, m.out_features, m.bias is not None, config, seed, init=False)
         layer.tile.set_weights(m.weight.detach())
         if m.bias is not None:
             layer.bias.data.copy_(m.bias.detach())
@@ -146,14 +208,20 @@ class _ConvFn(torch.autograd.Function):
 
 
 class AnalogConv2d(nn.Module):
-    """2-d convolution whose kernel lives on a tile: every output pixel is one MVM (im2col)."""
+    """2-d convolution whose kernel lives on a tile: every output pixel is one MVM (im2col).
+
+    x: [N, in_channels, H, W] -> [N, out_channels, H_out, W_out]; the tile holds
+    W [out_channels, in_channels * kh * kw]. groups = 1 and zero padding only.
+    init: as for AnalogLinear (nn.Conv2d's initialisation from the seed).
+    """
 
     analog_kind = "conv2d"
+    weight = _LogicalWeight()
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                  dilation: int | tuple[int, int] = 1, bias: bool = True,
-                 config: TileConfig | None = None, seed: int = 0) -> None:
+                 config: TileConfig | None = None, seed: int = 0, *, init: bool = True) -> None:
         super().__init__()
         pair = nn.modules.utils._pair
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -167,14 +235,30 @@ class AnalogConv2d(nn.Module):
         self.tile = AnalogTile(out_channels, in_channels * kh * kw, config or TileConfig(), seed)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self._anchor = _anchor()
+        if init:
+            _init_like_torch(self, self.weight_shape)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels, *self.kernel_size)
+
+    def set_weights(self, w: Tensor) -> None:
+        """Program logical weights of `weight_shape` onto the tile (mapped, clipped)."""
+        self.tile.set_weights(torch.as_tensor(w).reshape(self.tile.out_size, -1))
+
+    @classmethod
+    def _check_digital(cls, m: nn.Module) -> None:
+        kind = type(m).__name__
+        check(m.groups == 1, f"{kind}.groups", m.groups, "1 (grouped convs are not supported)")
+        check(m.padding_mode == "zeros", f"{kind}.padding_mode", m.padding_mode, "'zeros'")
+        check(isinstance(m.padding, tuple), f"{kind}.padding", m.padding,
+              "explicit integers ('same'/'valid' strings are not supported)")
 
     @classmethod
     def from_digital(cls, m: nn.Conv2d, config: TileConfig, seed: int = 0) -> AnalogConv2d:
-        check(m.groups == 1, "Conv2d.groups", m.groups, "1 (grouped convs are not supported)")
-        check(m.padding_mode == "zeros", "Conv2d.padding_mode", m.padding_mode, "'zeros'")
-        check(isinstance(m.padding, tuple), "Conv2d.padding", m.padding, "explicit integers")
+        cls._check_digital(m)
         layer = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                    m.dilation, m.bias is not None, config, seed)
+                    m.dilation, m.bias is not None, config, seed, init=False)
         layer.tile.set_weights(m.weight.detach().reshape(m.out_channels, -1))
         if m.bias is not None:
             layer.bias.data.copy_(m.bias.detach())
@@ -214,36 +298,217 @@ class AnalogConv2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}")
 
 
+class AnalogConv1d(AnalogConv2d):
+    """1-d convolution on a tile (aihwkit's AnalogConv1d): run as a 2-d convolution of height 1.
+
+    x: [N, in_channels, L] -> [N, out_channels, L_out]; the tile holds
+    W [out_channels, in_channels * kernel_size]. groups = 1 and zero padding only.
+    """
+
+    analog_kind = "conv2d"  # for the cost model: a 2-d conv with a 1 x k kernel
+    weight = _LogicalWeight()
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int],
+                 stride: int | tuple[int] = 1, padding: int | tuple[int] = 0,
+                 dilation: int | tuple[int] = 1, bias: bool = True,
+                 config: TileConfig | None = None, seed: int = 0, *, init: bool = True) -> None:
+        single = nn.modules.utils._single
+        (k,), (st,), (p,), (dl,) = (single(kernel_size), single(stride), single(padding),
+                                    single(dilation))
+        super().__init__(in_channels, out_channels, (1, k), (1, st), (0, p), (1, dl), bias,
+                         config, seed, init=init)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels, self.kernel_size[1])
+
+    @classmethod
+    def from_digital(cls, m: nn.Conv1d, config: TileConfig,  # type: ignore[override]
+                     seed: int = 0) -> AnalogConv1d:
+        cls._check_digital(m)
+        layer = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                    m.dilation, m.bias is not None, config, seed, init=False)
+        layer.tile.set_weights(m.weight.detach().reshape(m.out_channels, -1))
+        if m.bias is not None:
+            layer.bias.data.copy_(m.bias.detach())
+        return layer.to(m.weight.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check(x.dim() == 3 and x.shape[1] == self.in_channels, "conv1d input shape",
+              tuple(x.shape), f"[N, {self.in_channels}, L]")
+        return super().forward(x.unsqueeze(2)).squeeze(2)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size[1:]}, "
+                f"stride={self.stride[1:]}, padding={self.padding[1:]}, "
+                f"dilation={self.dilation[1:]}")
+
+
 def analog_tiles(model: nn.Module) -> list[AnalogTile]:
     """All tiles of a model, in module order."""
     return [m for m in model.modules() if isinstance(m, AnalogTile)]
 
 
+ANALOG_LAYERS: tuple[type[nn.Module], ...] = (AnalogLinear, AnalogConv1d, AnalogConv2d)
+# digital layers that aihwkit also keeps digital (normalisation is digital periphery): reported,
+# not warned about
+_DIGITAL_PERIPHERY = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                      nn.LocalResponseNorm, nn.RMSNorm)
+
+
+def _analog_class(m: nn.Module) -> type | None:
+    if isinstance(m, nn.Linear):
+        return AnalogLinear
+    if isinstance(m, nn.Conv2d):
+        return AnalogConv2d
+    if isinstance(m, nn.Conv1d):
+        return AnalogConv1d
+    return None
+
+
+_MHA_REFUSAL = (
+    "cannot run on analog tiles: its forward computes the q/k/v and output projections "
+    "digitally from the weight tensors (torch.nn.functional.multi_head_attention_forward), so "
+    "converted projections would silently stay digital (this refuses nn.TransformerEncoderLayer "
+    "and nn.Transformer too). Build the attention from nn.Linear layers, which convert, or keep "
+    "the model digital")
+
+
+def _refuse(path: str, m: nn.Module, why: str) -> ConfigError:
+    where = f"layer {path!r}" if path else "the model"
+    return ConfigError(f"convert_to_analog: {where} ({type(m).__name__}) {why}")
+
+
 def convert_to_analog(model: nn.Module, config: TileConfig, seed: int = 0,
-                      inplace: bool = False) -> nn.Module:
-    """Replace every nn.Linear / nn.Conv2d by its analog twin (same initial weights).
+                      inplace: bool = False, *,
+                      report: list[tuple[str, str]] | None = None) -> nn.Module:
+    """Replace every nn.Linear / nn.Conv1d / nn.Conv2d by its analog twin (same weights).
 
-    Everything else (BatchNorm, pooling, activations) stays digital. Tile i gets seed + i, so
-    the same seed gives the same device-to-device draws and the same run-time noise.
+    model: a container or a bare nn.Linear / nn.Conv1d / nn.Conv2d (then the analog layer is
+        returned). Tile i (module order) gets seed + i, so the same seed gives the same
+        device-to-device draws and run-time noise. A layer object that appears several times in
+        the model becomes one analog layer (weight sharing is kept).
+    report: if a list is given, (qualified name, class name) of every module with weights that
+        stays digital is appended to it (BatchNorm and other normalisation included).
+    Returns the converted model (a deep copy unless inplace).
+
+    Layers left digital that hold weights other than normalisation (nn.Embedding, nn.Conv3d,
+    recurrent layers, custom parameters, ...) raise a DigitalLayerWarning naming them.
+    Refused with ConfigError naming the layer: nn.MultiheadAttention (its forward computes the
+    projections digitally from the weight tensors, so converted projections would not run on
+    tiles: nn.TransformerEncoderLayer and the like are refused for the same reason), lazy
+    layers without weights yet (LazyLinear, LazyConv*: run one forward first), grouped or
+    non-zero-padded convolutions, and weights tied to another module (a converted copy would
+    untie them).
     """
-    import copy
-
     if not inplace:
         model = copy.deepcopy(model)
+    owners: dict[int, set[str]] = {}  # parameter -> every qualified name it has
+    paths: dict[int, list[str]] = {}  # module -> every path it has (a module reused twice)
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(mod), []).append(mname)
+        for pname, p in mod.named_parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(f"{mname}.{pname}" if mname else pname)
+    converted: dict[int, nn.Module] = {}
+    digital: list[tuple[str, str]] = []
     counter = [0]
 
-    def visit(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, AnalogLinear.from_digital(child, config, seed + counter[0]))
-                counter[0] += 1
-            elif isinstance(child, nn.Conv2d):
-                setattr(parent, name, AnalogConv2d.from_digital(child, config, seed + counter[0]))
-                counter[0] += 1
-            else:
-                visit(child)
+    def convert(path: str, m: nn.Module) -> nn.Module:
+        if id(m) in converted:
+            return converted[id(m)]
+        cls = _analog_class(m)
+        assert cls is not None
+        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
+            raise _refuse(path, m, "has no weights yet: run one forward pass on the digital "
+                          "model (or give in_features / in_channels) before converting")
+        for pname in ("weight", "bias"):
+            p = getattr(m, pname, None)
+            if p is None:
+                continue
+            own = {f"{q}.{pname}" if q else pname for q in paths.get(id(m), [path])}
+            others = sorted(owners.get(id(p), set()) - own)
+            if others:
+                raise _refuse(path, m, f"shares its {pname} with {others} (tied weights); a "
+                              "converted copy would untie them")
+        try:
+            layer = cls.from_digital(m, config, seed + counter[0])
+        except ConfigError as e:
+            raise _refuse(path, m, f"cannot be converted: {e}") from e
+        layer.tile.layer_name = path or type(m).__name__
+        counter[0] += 1
+        converted[id(m)] = layer
+        return layer
 
-    if isinstance(model, (nn.Linear, nn.Conv2d)):
-        raise TypeError("convert_to_analog expects a container module, got a bare layer")
-    visit(model)
+    def visit(prefix: str, parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            path = f"{prefix}{name}"
+            if isinstance(child, nn.MultiheadAttention):
+                raise _refuse(path, child, _MHA_REFUSAL)
+            if _analog_class(child) is not None:
+                setattr(parent, name, convert(path, child))
+                continue
+            if isinstance(child, ANALOG_LAYERS):
+                continue
+            own = [n for n, _ in child.named_parameters(recurse=False)]
+            if own:
+                digital.append((path, type(child).__name__))
+            visit(f"{path}.", child)
+
+    if _analog_class(model) is not None:
+        return convert("", model)
+    if isinstance(model, nn.MultiheadAttention):
+        raise _refuse("", model, _MHA_REFUSAL)
+    if list(model.named_parameters(recurse=False)):
+        digital.append(("", type(model).__name__))
+    visit("", model)
+    if report is not None:
+        report.extend(digital)
+    loud = [(n, t) for n, t in digital
+            if not any(isinstance(model.get_submodule(n) if n else model, c)
+                       for c in _DIGITAL_PERIPHERY)]
+    if loud:
+        listed = ", ".join(f"{n or '<root>'} ({t})" for n, t in loud)
+        warnings.warn(f"convert_to_analog left these layers with weights digital (their "
+                      f"computation runs in floating point, not on analog tiles): {listed}",
+                      DigitalLayerWarning, stacklevel=2)
     return model
+
+
+def load_digital_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor],
+                            strict: bool = True) -> None:
+    """Load a *digital* model's state_dict into its analog conversion.
+
+    Every `<layer>.weight` of a converted layer is programmed onto its tile (mapped by the
+    tile's weight_scaling_omega and clipped to the device range, exactly as convert_to_analog
+    does); biases and all digital modules (BatchNorm, ...) load as usual. Tile internals
+    (conductances, device draws, output scales, generator states) are not expected in
+    `state_dict`. strict: every key must be used and every digital parameter/buffer of the
+    analog model must be present (as nn.Module.load_state_dict); raises KeyError naming them.
+    """
+    rest = dict(state_dict)
+    tile_keys: set[str] = set()
+    programmed: list[tuple[nn.Module, Tensor]] = []
+    missing: list[str] = []
+    expected = set(model.state_dict())
+    for name, m in model.named_modules():
+        if not isinstance(m, ANALOG_LAYERS):
+            continue
+        prefix = f"{name}." if name else ""
+        tile_keys.update(prefix + "tile." + k for k in m.tile.state_dict())
+        w = rest.pop(prefix + "weight", None)
+        if w is None:
+            missing.append(prefix + "weight")
+            continue
+        if tuple(w.shape) != m.weight_shape:
+            raise ValueError(f"load_digital_state_dict: {prefix}weight has shape "
+                             f"{tuple(w.shape)} but the analog layer expects {m.weight_shape}")
+        programmed.append((m, w))
+    expected -= tile_keys
+    missing += sorted(expected - set(rest))
+    unexpected = sorted(set(rest) - expected)
+    if strict and (missing or unexpected):  # checked before anything is loaded
+        raise KeyError(f"load_digital_state_dict: missing keys {missing}, unexpected keys "
+                       f"{unexpected}")
+    model.load_state_dict({k: v for k, v in rest.items() if k in expected}, strict=False)
+    for m, w in programmed:
+        m.set_weights(w)  # type: ignore[operator]
