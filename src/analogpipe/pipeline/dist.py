@@ -520,6 +520,7 @@ class DistributedPipeline:
                     backward_on_version(self.stage, stash.pop(k), out, grad)
                 else:
                     backward_through(out, grad)
+                self.optimizer.end_microbatch()  # all uses of a shared layer: one entry
                 vf, _ = versions[(s, k)]
                 versions[(s, k)] = (vf, self.version)
                 pending.append(k)

@@ -200,6 +200,7 @@ class LocalPipeline:
                     backward_on_version(self.stages[s], stash.pop((s, k)), out, grad)
                 else:
                     backward_through(out, grad)
+                self.optimizers[s].end_microbatch()  # all uses of a shared layer: one entry
                 vf, _ = run.versions[(s, k)]
                 run.versions[(s, k)] = (vf, self.version[s])
                 pending[s].append(k)
