@@ -440,7 +440,9 @@ def convert_to_analog(model: nn.Module, config: TileConfig, seed: int = 0,
         return layer
 
     def visit(prefix: str, parent: nn.Module) -> None:
-        for name, child in parent.named_children():
+        for name, child in list(parent._modules.items()):  # every slot, repeats included
+            if child is None:
+                continue
             path = f"{prefix}{name}"
             if isinstance(child, nn.MultiheadAttention):
                 raise _refuse(path, child, _MHA_REFUSAL)
