@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -173,6 +174,10 @@ def test_unsupported_arguments_are_refused_clearly():
         AnalogSGD(an, lr=0.1, differentiable=True)
     with pytest.raises(ValueError, match="[Nn]esterov"):
         AnalogSGD(an, lr=0.1, nesterov=True)  # torch's rule: needs momentum, no dampening
-    # plain tensors are accepted as in torch (digital parameters only)
-    lin = nn.Linear(3, 2)
-    AnalogSGD(lin.parameters(), lr=0.1)
+    # plain tensors are accepted as in torch, with a warning: no tile is reachable from them
+    with pytest.warns(UserWarning, match="Pass the model"):
+        AnalogSGD(an.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AnalogSGD(an, lr=0.1)
+        AnalogSGD([{"params": an[0]}, {"params": an[1:]}], lr=0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,6 +13,18 @@ from torch.optim.sgd import sgd as _sgd
 
 from analogpipe.errors import check
 from analogpipe.tiles.tile import AnalogTile
+
+
+def _given_modules(params: Any) -> bool:
+    if isinstance(params, nn.Module):
+        return True
+    if isinstance(params, (list, tuple)):
+        return any(isinstance(i, nn.Module) or (isinstance(i, dict) and (
+            isinstance(i.get("params"), nn.Module) or "tiles" in i or (
+                isinstance(i.get("params"), (list, tuple))
+                and any(isinstance(x, nn.Module) for x in i["params"]))))
+            for i in params)
+    return False
 
 
 def _expand(params: Any) -> list[dict[str, Any]]:
@@ -93,6 +106,10 @@ class AnalogSGD(torch.optim.SGD):
               "False (analog updates are not differentiable)")
         check(not fused, "fused", fused, "None or False (no fused kernel for analog tiles)")
         groups = _expand(params)
+        if not any(g["tiles"] for g in groups) and not _given_modules(params):
+            warnings.warn("AnalogSGD got tensors only: no analog tile can be reached from "
+                          "them, so it acts as torch.optim.SGD. Pass the model (or its "
+                          "modules) to train its analog layers", UserWarning, stacklevel=2)
         super().__init__(groups, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                          foreach=foreach)
