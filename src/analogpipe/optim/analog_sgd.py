@@ -38,6 +38,7 @@ class AnalogSGD:
                 if isinstance(sub, AnalogTile) and id(sub) not in seen:
                     self.tiles.append(sub)
                     seen.add(id(sub))
+                    seen.update(id(a) for a in getattr(sub, "arrays", ()))  # compound's own
             for p in m.parameters():
                 if p.requires_grad and id(p) not in seen:
                     self.params.append(p)

@@ -1,6 +1,7 @@
 from analogpipe.tiles.io import IOConfig, analog_mvm, res_for_bits
 from analogpipe.tiles.pulses import UpdateConfig
 from analogpipe.tiles.tile import AnalogTile, MappingConfig, TileConfig
+from analogpipe.tiles.transfer import TransferCompoundConfig, TransferTile, make_tile
 
-__all__ = ["AnalogTile", "IOConfig", "MappingConfig", "TileConfig", "UpdateConfig",
-           "analog_mvm", "res_for_bits"]
+__all__ = ["AnalogTile", "IOConfig", "MappingConfig", "TileConfig", "TransferCompoundConfig",
+           "TransferTile", "UpdateConfig", "analog_mvm", "make_tile", "res_for_bits"]
