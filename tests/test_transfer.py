@@ -447,3 +447,20 @@ def test_bad_tiki_taka_settings_exit_2_before_writing(tmp_path, capsys, args, ne
     assert main([*base, *args, "--out", str(out)]) == 2
     assert needle in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cycle_model_charges_transfer_reads_and_pulses():
+    """One transfer read = one MVM on A + one bl-slot pulse train into C, per update."""
+    from analogpipe.pipeline.partition import layer_specs
+    from analogpipe.timing.aimc import AimcCosts, layer_times
+
+    cfg = _tt(n_reads_per_transfer=3, transfer_every=2)
+    model = nn.Sequential(AnalogLinear(8, 4, config=cfg), nn.Tanh(),
+                          AnalogLinear(4, 2, config=_tt(transfer_every=0)))
+    specs = layer_specs(model, torch.zeros(1, 8))
+    assert [s.transfer_reads for s in specs] == [1.5, 0.0]
+    aimc = AimcCosts(t_mvm=1.0, bl=20, t_pulse=0.05)
+    plain = layer_times(specs[1], 4, aimc)
+    tt = layer_times(specs[0], 4, aimc)
+    assert plain == (4.0, 4.0 + 4 * 20 * 0.05)
+    assert tt == (4.0, 4.0 + 4 * 20 * 0.05 + 1.5 * (1.0 + 20 * 0.05))
