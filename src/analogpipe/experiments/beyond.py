@@ -50,7 +50,7 @@ class BeyondSettings:
 
     quick: bool = True
     seeds: int = 3
-    taus: tuple[float, ...] = (0.4, 0.6, 1.0)
+    taus: tuple[float, ...] = (0.4, 1.0)
     floor_stages: tuple[int, ...] = (1, 4)
     stale_stages: tuple[int, ...] = (4, 8)
     micro_batch_size: int = 8
@@ -67,18 +67,21 @@ class BeyondSettings:
     # digits
     digits_width: int = 32
     digits_depth: int = 3
-    digits_epochs: int = 3
+    digits_epochs: int = 2
     digits_omega: float = 0.2  # fixed mapping, absolute conductance units (<= min(taus) / 2)
     io_bits: int = 8
     out_noise: float = 0.005
     # staleness
     stale_depth: int = 7  # 9 blocks: enough for M = 8
+    stale_width: int = 64
     stale_tau: float = 0.6
     stale_algorithm: str = "analog-sgd"
-    stale_epochs: int = 4
-    stale_target: float = 0.7
+    stale_epochs: int = 3
+    stale_target: float = 0.85
     pipemare_warmup_epochs: float = 1.0
     evals: int = 10
+    bench_microbatches: int = 150  # wall-time benchmark: micro-batches per timed run
+    bench_repeats: int = 3
     workers: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -87,7 +90,7 @@ class BeyondSettings:
 
 
 def quick_settings(**over: Any) -> BeyondSettings:
-    """About 2-3 minutes on 2 cores: 3 seeds, 3 taus, short runs."""
+    """About 3 minutes on 2 idle cores: 3 seeds, 2 taus and the ideal end, short runs."""
     return BeyondSettings(**{k: v for k, v in over.items() if v is not None})
 
 
@@ -95,7 +98,7 @@ def full_settings(**over: Any) -> BeyondSettings:
     """Longer runs, 5 seeds, a wider tau sweep."""
     base = dict(quick=False, seeds=5, taus=(0.35, 0.4, 0.5, 0.7, 1.0, 2.0),
                 teacher_microbatches=6000, digits_epochs=12, stale_epochs=10, evals=24,
-                stale_target=0.85)
+                stale_target=0.9)
     base.update({k: v for k, v in over.items() if v is not None})
     return BeyondSettings(**base)
 
@@ -103,7 +106,8 @@ def full_settings(**over: Any) -> BeyondSettings:
 # ------------------------------------------------------------------------------ the runs
 @dataclass
 class BeyondRun:
-    """One training run. kind: "floor" or "staleness"; problem: "teacher" or "digits"."""
+    """One training run. kind: "floor", "staleness" or "bench" (a short timed run);
+    problem: "teacher" or "digits"."""
 
     kind: str
     problem: str
@@ -155,6 +159,9 @@ def tile_config(s: BeyondSettings, run: BeyondRun):
     if run.problem == "teacher":  # the device is the only imperfection
         io = IOConfig.perfect()
         mapping = MappingConfig()
+    elif run.kind == "staleness":  # staleness and the device; no converter noise
+        io = IOConfig.perfect()
+        mapping = MappingConfig(weight_scaling_omega=s.digits_omega, learn_out_scaling=True)
     else:
         io = IOConfig.bits(s.io_bits, s.io_bits, out_noise=s.out_noise)
         mapping = MappingConfig(weight_scaling_omega=s.digits_omega, learn_out_scaling=True)
@@ -209,8 +216,9 @@ def _model(s: BeyondSettings, run: BeyondRun):
     from analogpipe.models import build_model, initialize
 
     data = load_dataset("digits", flatten=True, seed=0)
-    depth = s.stale_depth if run.kind == "staleness" else s.digits_depth
-    model = build_model("mlp", data.num_classes, data.in_shape, s.digits_width, depth)
+    depth, width = ((s.stale_depth, s.stale_width) if run.kind == "staleness"
+                    else (s.digits_depth, s.digits_width))
+    model = build_model("mlp", data.num_classes, data.in_shape, width, depth)
     initialize(model, "he", run.seed)
     return model, data.train_x, data.train_y, data.test_x, data.test_y, "classification"
 
@@ -235,7 +243,9 @@ def execute(s: BeyondSettings, run: BeyondRun) -> dict[str, Any]:
     stages = split_model(model, groups)
     b = s.micro_batch_size
     per_epoch = x.shape[0] // b
-    if run.problem == "teacher":
+    if run.kind == "bench":
+        total = s.bench_microbatches
+    elif run.problem == "teacher":
         total = s.teacher_microbatches
     else:
         total = per_epoch * (s.stale_epochs if run.kind == "staleness" else s.digits_epochs)
@@ -265,7 +275,8 @@ def execute(s: BeyondSettings, run: BeyondRun) -> dict[str, Any]:
             return float(nn.functional.mse_loss(out, yt))
         return float((out.argmax(1) == yt).float().mean())
 
-    bounds = [round(total * (i + 1) / s.evals) for i in range(s.evals)]
+    evals = 1 if run.kind == "bench" else s.evals
+    bounds = [round(total * (i + 1) / evals) for i in range(evals)]
     curve: list[tuple[int, float]] = []
     wall, done, status = 0.0, 0, "done"
     for i, end in enumerate(bounds):
@@ -353,6 +364,28 @@ def aimc_cost(s: BeyondSettings, stages: int = 4) -> dict[str, Any]:
     return out
 
 
+def wall_benchmark(s: BeyondSettings) -> dict[str, Any]:
+    """Simulator wall time per sample (microseconds, one thread), Analog SGD and Tiki-Taka
+    timed back to back in this process, repeats interleaved; median and all repeats."""
+    import statistics
+
+    import torch
+
+    threads = torch.get_num_threads()
+    times: dict[str, list[float]] = {}
+    try:
+        for rep in range(s.bench_repeats):
+            for problem in ("teacher", "digits"):
+                for M in s.floor_stages:
+                    for alg in ALGORITHMS:
+                        r = execute(s, BeyondRun("bench", problem, alg, s.taus[0], M, rep))
+                        times.setdefault(f"{problem}/M{M}/{alg}", []).append(
+                            r["wall_per_sample_us"])
+    finally:
+        torch.set_num_threads(threads)
+    return {k: {"median": statistics.median(v), "all": v} for k, v in times.items()}
+
+
 # ------------------------------------------------------------------------------ analysis
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, int]:
     """(mean, low, high, n) with a Student-t interval over the finite values."""
@@ -379,7 +412,8 @@ def samples_to_target(curve: list[tuple[int, float]], target: float) -> float:
 
 
 def analyse(s: BeyondSettings, results: list[dict[str, Any]],
-            cost: dict[str, Any] | None = None) -> dict[str, Any]:
+            cost: dict[str, Any] | None = None,
+            bench: dict[str, Any] | None = None) -> dict[str, Any]:
     by = {r["name"]: r for r in results}
 
     def get(kind, problem, alg, tau, M, seed, dc="none"):
@@ -456,7 +490,7 @@ def analyse(s: BeyondSettings, results: list[dict[str, Any]],
     return {"floor": floor, "staleness": {"rows": stale_rows, "m1_final": mean_ci(ref_finals),
                                           "m1_reached": sum(math.isfinite(v)
                                                             for v in ref_reached)},
-            "wall_per_sample_us": wall, "aimc": cost}
+            "wall_per_sample_us": wall, "aimc": cost, "bench": bench}
 
 
 # ------------------------------------------------------------------------------ report
@@ -544,15 +578,26 @@ def render(s: BeyondSettings, a: dict[str, Any]) -> str:
                  f"({100 * c['overhead']:+.1f}%), {tt['transfer_reads_per_update']:g} "
                  "transfer reads per update over all layers.")
         L.append("")
-    L += ["Simulator wall time per sample (microseconds, 1 thread, mean [95% CI]):", "",
-          "| problem | M | analog-sgd | tiki-taka | ratio |", "|---|---|---|---|---|"]
+    bench = a.get("bench")
+    if bench:
+        L += [f"Simulator wall time per sample (microseconds, 1 thread; median of "
+              f"{s.bench_repeats} interleaved timings of {s.bench_microbatches} micro-batches, "
+              "tau " + f"{s.taus[0]:g}):", "",
+              "| problem | M | analog-sgd | tiki-taka | ratio |", "|---|---|---|---|---|"]
+        for problem in ("teacher", "digits"):
+            for M in s.floor_stages:
+                w_s = bench[f"{problem}/M{M}/analog-sgd"]["median"]
+                w_t = bench[f"{problem}/M{M}/tiki-taka"]["median"]
+                L.append(f"| {problem} | {M} | {w_s:.0f} | {w_t:.0f} | {w_t / w_s:.2f} |")
+        L.append("")
+    L += ["Wall time per sample of the runs above (microseconds, mean [95% CI]; runs share the "
+          "machine, so these are noisier than the benchmark):", "",
+          "| problem | M | analog-sgd | tiki-taka |", "|---|---|---|---|"]
     for problem in ("teacher", "digits"):
         for M in s.floor_stages:
             w_s = a["wall_per_sample_us"][f"{problem}/M{M}/analog-sgd"]
             w_t = a["wall_per_sample_us"][f"{problem}/M{M}/tiki-taka"]
-            ratio = w_t[0] / w_s[0] if w_s[0] else math.nan
-            L.append(f"| {problem} | {M} | {_fmt(*w_s[:3], 1)} | {_fmt(*w_t[:3], 1)} | "
-                     f"{ratio:.2f} |")
+            L.append(f"| {problem} | {M} | {_fmt(*w_s[:3], 0)} | {_fmt(*w_t[:3], 0)} |")
     L.append("")
     return "\n".join(L)
 
@@ -598,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = run_all(s, log=lambda m: print(m, file=sys.stderr))
     cost = aimc_cost(s)
-    analysis = analyse(s, results, cost)
+    bench = wall_benchmark(s)
+    analysis = analyse(s, results, cost, bench)
     text = render(s, analysis)
     (out / "beyond.json").write_text(json.dumps(
         {"settings": s.to_dict(), "results": results, "analysis": analysis,
