@@ -8,8 +8,10 @@ import sys
 from analogpipe.devices import DEVICE_NAMES
 from analogpipe.errors import ConfigError
 from analogpipe.models import MODEL_NAMES
+from analogpipe.optim.delay import DELAY_COMPENSATIONS
 from analogpipe.tiles.pulses import GRANULARITIES, UPDATE_MODES
-from analogpipe.train.config import DATASETS, PARTITION_METRICS, SCHEMES
+from analogpipe.tiles.transfer import FAST_REFERENCES
+from analogpipe.train.config import ALGORITHMS, DATASETS, PARTITION_METRICS, SCHEMES
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -51,6 +53,23 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", default="sample", choices=GRANULARITIES)
     p.add_argument("--partition", dest="partition_metric", default="params",
                    choices=PARTITION_METRICS)
+    tt = p.add_argument_group("Tiki-Taka and delay compensation")
+    tt.add_argument("--algorithm", default="analog-sgd", choices=ALGORITHMS,
+                    help="tiki-taka: fast array A + slow array C per tile (aihwkit "
+                         "TransferCompound); A and C use --device-model/--tau/--dw-min")
+    tt.add_argument("--tt-gamma", type=float, default=0.0, help="W = gamma * A + C")
+    tt.add_argument("--transfer-every", type=int, default=1,
+                    help="transfer after every n-th update of a tile (0: never)")
+    tt.add_argument("--n-reads-per-transfer", type=int, default=1,
+                    help="columns of A read and pulsed into C per transfer")
+    tt.add_argument("--transfer-lr", type=float, default=1.0, help="eta_T = transfer_lr * lr")
+    tt.add_argument("--fast-lr", type=float, default=1.0, help="eta_A = fast_lr * lr")
+    tt.add_argument("--fast-reference", default="symmetric_point", choices=FAST_REFERENCES,
+                    help="A's reference: its symmetric point (zero-shift) or none")
+    tt.add_argument("--delay-compensation", default="none", choices=DELAY_COMPENSATIONS,
+                    help="pipemare: per-stage lr / delay ** (1 - k/K) (AP/PipeDream only)")
+    tt.add_argument("--pipemare-warmup-epochs", type=float, default=1.0,
+                    help="K of PipeMare's rescheduling, in epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", required=True, help="output folder")
@@ -67,7 +86,9 @@ CONFIG_FIELDS = ("dataset", "data_dir", "subset", "model", "width", "depth", "in
                  "microbatches", "micro_batch_size", "batch_size", "epochs", "lr",
                  "lr_milestones", "lr_gamma", "momentum", "weight_decay", "device_model", "tau",
                  "dw_min", "io_bits", "out_noise", "update", "granularity", "partition_metric",
-                 "seed", "device")
+                 "seed", "device", "algorithm", "tt_gamma", "transfer_every",
+                 "n_reads_per_transfer", "transfer_lr", "fast_lr", "fast_reference",
+                 "delay_compensation", "pipemare_warmup_epochs")
 
 
 def config_from_args(args: argparse.Namespace):

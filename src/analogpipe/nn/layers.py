@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from analogpipe.errors import ConfigError, check
 from analogpipe.tiles.tile import AnalogTile, TileConfig
+from analogpipe.tiles.transfer import make_tile
 
 
 class DigitalLayerWarning(UserWarning):
@@ -111,7 +112,7 @@ class AnalogLinear(nn.Module):
                  config: TileConfig | None = None, seed: int = 0, *, init: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.tile = AnalogTile(out_features, in_features, config or TileConfig(), seed)
+        self.tile = make_tile(out_features, in_features, config or TileConfig(), seed)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._anchor = _anchor()
         if init:
@@ -232,7 +233,8 @@ class AnalogConv2d(nn.Module):
                   "values >= 1")
         check(all(v >= 0 for v in self.padding), "conv padding", self.padding, "values >= 0")
         kh, kw = self.kernel_size
-        self.tile = AnalogTile(out_channels, in_channels * kh * kw, config or TileConfig(), seed)
+        self.tile = make_tile(out_channels, in_channels * kh * kw, config or TileConfig(),
+                              seed)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self._anchor = _anchor()
         if init:
@@ -345,8 +347,10 @@ class AnalogConv1d(AnalogConv2d):
 
 
 def analog_tiles(model: nn.Module) -> list[AnalogTile]:
-    """All tiles of a model, in module order."""
-    return [m for m in model.modules() if isinstance(m, AnalogTile)]
+    """All tiles of a model, in module order (the arrays inside a compound tile excluded)."""
+    tiles = [m for m in model.modules() if isinstance(m, AnalogTile)]
+    inner = {id(a) for t in tiles for a in getattr(t, "arrays", ())}
+    return [t for t in tiles if id(t) not in inner]
 
 
 ANALOG_LAYERS: tuple[type[nn.Module], ...] = (AnalogLinear, AnalogConv1d, AnalogConv2d)

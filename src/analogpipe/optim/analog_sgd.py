@@ -49,8 +49,11 @@ def _expand(params: Any) -> list[dict[str, Any]]:
         tiles: list[AnalogTile] = list(g.get("tiles", []))
         for item in raw:
             if isinstance(item, nn.Module):
+                # the arrays inside a compound tile (Tiki-Taka) are updated by their owner
+                inner = {id(a) for sub in item.modules() if isinstance(sub, AnalogTile)
+                         for a in getattr(sub, "arrays", ())}
                 for name, sub in item.named_modules():
-                    if isinstance(sub, AnalogTile):
+                    if isinstance(sub, AnalogTile) and id(sub) not in inner:
                         if sub.layer_name is None:
                             layer = "" if name == "tile" else name.removesuffix(".tile")
                             sub.layer_name = layer or type(item).__name__

@@ -123,6 +123,8 @@ def _spec(name: str, block: str, kind: str, module: Any, output: Any, batch: int
         out_size=out_size,
         mvms_per_sample=max(per_sample // out_size, 1),
         out_elements_per_sample=per_sample,
+        transfer_reads=float(getattr(getattr(module, "tile", None), "transfer_reads_per_update",
+                                     0.0)),
     )
 
 

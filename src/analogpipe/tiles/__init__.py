@@ -7,6 +7,8 @@ from analogpipe.tiles.tile import (
     TileConfig,
     accept_config_changes,
 )
+from analogpipe.tiles.transfer import TransferCompoundConfig, TransferTile, make_tile
 
 __all__ = ["AnalogTile", "IOConfig", "MappingConfig", "NonFiniteUpdateError", "TileConfig",
-           "UpdateConfig", "accept_config_changes", "analog_mvm", "res_for_bits"]
+           "TransferCompoundConfig", "TransferTile", "UpdateConfig", "accept_config_changes",
+           "analog_mvm", "make_tile", "res_for_bits"]

@@ -397,21 +397,26 @@ class AnalogTile(nn.Module):
         self._groups.clear()
         self._open = 0
 
+    def _pop_groups(self, count: int | None) -> list[int]:
+        """Take the oldest `count` micro-batches (all, the open one included, if None) off the
+        stash bookkeeping; returns the number of stash entries of each."""
+        if count is None:
+            sizes = list(self._groups) + ([self._open] if self._open else [])
+            self._groups.clear()
+            self._open = 0
+            return sizes
+        if count > len(self._groups) and self._open:
+            self.end_microbatch()  # entries since the last boundary: the current one
+        check(0 <= count <= len(self._groups), "update count", count,
+              f"at most the {len(self._groups)} pending micro-batches")
+        return [self._groups.popleft() for _ in range(count)]
+
     @torch.no_grad()
     def apply_update(self, lr: float, count: int | None = None) -> None:
         """Apply the oldest `count` micro-batches of the stash (all if None) as one update with
         rate lr: every use of the layer within each of those micro-batches."""
         check(lr >= 0 and math.isfinite(lr), "lr", lr, "a finite value >= 0")
-        if count is None:
-            sizes = list(self._groups) + ([self._open] if self._open else [])
-            self._groups.clear()
-            self._open = 0
-        else:
-            if count > len(self._groups) and self._open:
-                self.end_microbatch()  # entries since the last boundary: the current one
-            check(0 <= count <= len(self._groups), "update count", count,
-                  f"at most the {len(self._groups)} pending micro-batches")
-            sizes = [self._groups.popleft() for _ in range(count)]
+        sizes = self._pop_groups(count)
         n = sum(sizes)
         if n == 0:
             return

@@ -33,7 +33,9 @@ class LayerSpec:
 
     ``in_size`` = crossbar rows driven (in_features, or in_channels/groups * kh * kw);
     ``mvms_per_sample`` = 1 for a linear layer, H_out * W_out for a conv;
-    ``out_elements_per_sample`` = activation elements it outputs per sample (C * H * W).
+    ``out_elements_per_sample`` = activation elements it outputs per sample (C * H * W);
+    ``transfer_reads`` = Tiki-Taka transfer reads per micro-batch update (0 for analog SGD):
+    each is one MVM on A plus one ``bl``-slot pulse train into C.
     """
 
     name: str
@@ -43,6 +45,7 @@ class LayerSpec:
     out_size: int
     mvms_per_sample: int
     out_elements_per_sample: int
+    transfer_reads: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "conv2d"):
@@ -52,6 +55,9 @@ class LayerSpec:
         for f in ("in_size", "out_size", "mvms_per_sample", "out_elements_per_sample"):
             if getattr(self, f) < 1:
                 raise ValueError(f"LayerSpec {self.name!r}: {f}={getattr(self, f)} must be >= 1")
+        if not (self.transfer_reads >= 0 and math.isfinite(self.transfer_reads)):
+            raise ValueError(f"LayerSpec {self.name!r}: transfer_reads={self.transfer_reads} "
+                             "must be finite and >= 0")
 
 
 @dataclass
@@ -101,6 +107,7 @@ def layer_times(layer: LayerSpec, micro_batch_size: int,
     digital = layer.out_elements_per_sample * micro_batch_size * aimc.t_digital
     t_f = mvms * aimc.t_mvm + digital
     t_b = mvms * aimc.t_mvm + mvms * aimc.bl * aimc.t_pulse + digital
+    t_b += layer.transfer_reads * (aimc.t_mvm + aimc.bl * aimc.t_pulse)  # Tiki-Taka transfers
     return t_f, t_b
 
 

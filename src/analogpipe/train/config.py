@@ -8,13 +8,16 @@ from typing import Any
 
 from analogpipe.devices import DEVICE_NAMES, DeviceConfig
 from analogpipe.errors import ConfigError, check
+from analogpipe.optim.delay import DELAY_COMPENSATIONS
 from analogpipe.tiles import IOConfig, MappingConfig, TileConfig, UpdateConfig
 from analogpipe.tiles.io import res_for_bits
 from analogpipe.tiles.pulses import GRANULARITIES, UPDATE_MODES
+from analogpipe.tiles.transfer import TransferCompoundConfig
 
 SCHEMES = ("digital", "wop", "sp", "ap", "pipedream")
 DATASETS = ("digits", "cifar10", "cifar100", "teacher", "synthetic-cls")
 PARTITION_METRICS = ("params", "macs", "aimc")
+ALGORITHMS = ("analog-sgd", "tiki-taka")
 
 
 @dataclass(kw_only=True)
@@ -60,6 +63,16 @@ class TrainConfig:
     t_b: float = 1.0
     eval_batch_size: int = 500
     divergence_loss: float = 1e4
+    # Tiki-Taka (aihwkit TransferCompound settings; A and C use the run's device) and PipeMare
+    algorithm: str = "analog-sgd"
+    tt_gamma: float = 0.0
+    transfer_every: int = 1
+    n_reads_per_transfer: int = 1
+    transfer_lr: float = 1.0
+    fast_lr: float = 1.0
+    fast_reference: str = "symmetric_point"
+    delay_compensation: str = "none"
+    pipemare_warmup_epochs: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +112,16 @@ class TrainConfig:
               self.partition_metric, f"one of {PARTITION_METRICS}")
         check(self.subset is None or self.subset >= 1, "subset", self.subset, "None or >= 1")
         check(self.t_f > 0 and self.t_b > 0, "t_f/t_b", (self.t_f, self.t_b), "values > 0")
+        check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"one of {ALGORITHMS}")
+        check(self.algorithm == "analog-sgd" or self.analog, "algorithm", self.algorithm,
+              "'analog-sgd' with scheme 'digital' (Tiki-Taka needs analog tiles)")
+        check(self.delay_compensation in DELAY_COMPENSATIONS, "delay_compensation",
+              self.delay_compensation, f"one of {DELAY_COMPENSATIONS}")
+        check(self.delay_compensation == "none" or self.scheme in ("ap", "pipedream"),
+              "delay_compensation", self.delay_compensation,
+              "'none' for scheme " + repr(self.scheme) + " (pipemare needs ap or pipedream)")
+        check(self.pipemare_warmup_epochs >= 0 and math.isfinite(self.pipemare_warmup_epochs),
+              "pipemare_warmup_epochs", self.pipemare_warmup_epochs, "a finite value >= 0")
         self.tile_config()  # device/IO combinations are checked by their own configs
 
     @property
@@ -129,12 +152,18 @@ class TrainConfig:
             io = IOConfig(inp_res=res_for_bits(self.io_bits), out_res=res_for_bits(self.io_bits),
                           out_noise=self.out_noise)
         ideal_map = self.device_model == "ideal"
-        return TileConfig(
-            device=device, forward=io, backward=io,
-            update=UpdateConfig(mode=self.update, granularity=self.granularity),
-            mapping=MappingConfig(weight_scaling_omega=None if ideal_map else self.tau / 2,
-                                  learn_out_scaling=self.learn_out_scaling and not ideal_map),
-        )
+        update = UpdateConfig(mode=self.update, granularity=self.granularity)
+        mapping = MappingConfig(weight_scaling_omega=None if ideal_map else self.tau / 2,
+                                learn_out_scaling=self.learn_out_scaling and not ideal_map)
+        if self.algorithm == "tiki-taka":
+            return TransferCompoundConfig(
+                device=device, fast_device=device, forward=io, backward=io, update=update,
+                mapping=mapping, gamma=self.tt_gamma, transfer_every=self.transfer_every,
+                n_reads_per_transfer=self.n_reads_per_transfer, transfer_lr=self.transfer_lr,
+                fast_lr=self.fast_lr, fast_reference=self.fast_reference, transfer_forward=io,
+                transfer_update=update)
+        return TileConfig(device=device, forward=io, backward=io, update=update,
+                          mapping=mapping)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -27,6 +27,8 @@ from analogpipe.data import Dataset, augment, load_dataset
 from analogpipe.errors import ConfigError
 from analogpipe.models import blocks, build_model, initialize
 from analogpipe.nn import analog_tiles, convert_to_analog
+from analogpipe.optim import AnalogSGD
+from analogpipe.optim.delay import make_stage_optimizer
 from analogpipe.pipeline import schedules
 from analogpipe.pipeline.local import DivergenceError, LocalPipeline, MicrobatchRecord
 from analogpipe.pipeline.partition import block_costs, partition, split_model
@@ -180,6 +182,19 @@ def saturation_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     return out
 
 
+def stage_optimizer(setup: Setup, index: int) -> AnalogSGD:
+    """Stage `index`'s optimizer: AnalogSGD, or PipeMareSGD with its stage's delay and the
+    warm-up converted from epochs into the stage's updates."""
+    cfg = setup.cfg
+    steps = setup.data.train_x.shape[0] // cfg.mini_batch
+    per_epoch = steps * (cfg.microbatches if cfg.scheme in ("ap", "pipedream") else 1)
+    return make_stage_optimizer(
+        setup.stages[index], scheme=cfg.scheme, num_stages=len(setup.stages), index=index,
+        lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        delay_compensation=cfg.delay_compensation,
+        warmup_steps=int(math.ceil(cfg.pipemare_warmup_epochs * per_epoch)))
+
+
 # ------------------------------------------------------------------------------ drivers
 class LocalDriver:
     """All stages in this process (LocalPipeline); this process writes the results."""
@@ -190,7 +205,9 @@ class LocalDriver:
         cfg = setup.cfg
         self.setup = setup
         self.pipe = LocalPipeline(setup.stages, lr=cfg.lr, loss_fn=setup.loss_fn,
-                                  momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                                  momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                  optimizers=[stage_optimizer(setup, i)
+                                              for i in range(len(setup.stages))])
 
     def set_lr(self, lr: float) -> None:
         self.pipe.set_lr(lr)
@@ -227,7 +244,8 @@ class DistributedDriver:
         self.is_writer = rank == 0
         self.pipe = DistributedPipeline(setup.stages[rank], rank, world_size, lr=cfg.lr,
                                         loss_fn=setup.loss_fn, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay)
+                                        weight_decay=cfg.weight_decay,
+                                        optimizer=stage_optimizer(setup, rank))
 
     def set_lr(self, lr: float) -> None:
         self.pipe.set_lr(lr)
