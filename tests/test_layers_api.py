@@ -6,6 +6,7 @@ ideal device), torch.optim.SGD, and the closed form of the omega mapping and of 
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import warnings
@@ -266,3 +267,20 @@ def test_digital_state_dict_with_missing_or_foreign_keys_is_refused_before_loadi
 def _mlp_bn():
     torch.manual_seed(7)
     return nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_refused_load_leaves_every_layer_unchanged():
+    # only the *second* tile's saved config differs: the first must not be loaded either
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    src = convert_to_analog(net, paper_config(0.8), seed=1)
+    dst = convert_to_analog(net, paper_config(0.8), seed=7)
+    with torch.no_grad():
+        for t in analog_tiles(dst):
+            t.weight.mul_(0.5)  # make dst's conductances differ from src's
+    state = copy.deepcopy(src.state_dict())
+    state["2.tile._extra_state"]["config"]["device"]["w_max"] = 0.4
+    before = [t.weight.clone() for t in analog_tiles(dst)]
+    with pytest.raises(ConfigError, match="w_max"):
+        dst.load_state_dict(state)
+    for t, w in zip(analog_tiles(dst), before):
+        assert torch.equal(t.weight, w)

@@ -467,6 +467,7 @@ def convert_to_analog(model: nn.Module, config: TileConfig, seed: int = 0,
     if list(model.named_parameters(recurse=False)):
         digital.append(("", type(model).__name__))
     visit("", model)
+    model.register_load_state_dict_pre_hook(_check_tile_configs_first)
     if report is not None:
         report.extend(digital)
     loud = [(n, t) for n, t in digital
@@ -478,6 +479,19 @@ def convert_to_analog(model: nn.Module, config: TileConfig, seed: int = 0,
                       f"computation runs in floating point, not on analog tiles): {listed}",
                       DigitalLayerWarning, stacklevel=2)
     return model
+
+
+def _check_tile_configs_first(module: nn.Module, state_dict: Mapping[str, Any], prefix: str,
+                              *args: Any) -> None:
+    """load_state_dict pre-hook on a converted model: compare every tile's saved config with its
+    own before any module loads, so a refused load leaves the whole model unchanged (not only
+    the tile whose config differs)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, AnalogTile):
+            extra = state_dict.get(f"{prefix}{name}._extra_state" if name else
+                                   f"{prefix}_extra_state")
+            if isinstance(extra, dict) and "config" in extra:
+                sub.check_saved_config(extra["config"], warn=False)
 
 
 def load_digital_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor],

@@ -261,16 +261,20 @@ class AnalogTile(nn.Module):
         # compare the configs before any of this tile's buffers are overwritten
         extra = state_dict.get(prefix + "_extra_state")
         if isinstance(extra, dict) and "config" in extra:
-            self._check_saved_config(extra["config"])
+            self.check_saved_config(extra["config"])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def _check_saved_config(self, saved: dict[str, Any]) -> None:
+    def check_saved_config(self, saved: dict[str, Any], warn: bool = True) -> None:
+        """Raise ConfigError naming the fields where a saved tile config differs from this
+        tile's (inside `accept_config_changes()`: warn instead, or stay silent if not warn)."""
         diff = config_differences(saved, self.config.to_dict())
         if not diff:
             return
         fields = "; ".join(diff)
         if getattr(_accepting, "on", False):
+            if not warn:
+                return
             warnings.warn(f"{self.describe()}: loaded a state saved with a different tile "
                           f"config ({fields}); keeping this model's config", stacklevel=3)
             return
