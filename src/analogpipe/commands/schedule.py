@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 import textwrap
-from pathlib import Path
 
+from analogpipe.commands._files import output_file_problem
 from analogpipe.pipeline.schedule import ScheduleError, lower_with_comms
 from analogpipe.pipeline.schedules import SCHEMES, build
 from analogpipe.timing.cycles import Costs, closed_form, simulate
@@ -146,22 +146,11 @@ def main(args: argparse.Namespace) -> int:
                      "micro-batches in all (the simulation is pure Python)")
     if args.update_per_microbatch and args.scheme != "sp":
         return _fail(f"--update-per-microbatch applies to --scheme sp only, not {args.scheme}")
-    for flag in ("png", "trace"):
+    for flag, suffix in (("png", ".png"), ("trace", None)):
         path = getattr(args, flag)
-        if not path:
-            continue
-        folder = Path(path).resolve().parent
-        if Path(path).is_dir():
-            return _fail(f"--{flag} {path}: is a folder; give a file path such as "
-                         f"{Path(path) / ('gantt.png' if flag == 'png' else 'trace.json')}")
-        if flag == "png" and Path(path).suffix.lower() != ".png":
-            return _fail(f"--png {path}: the file name must end in .png (a PNG is written)")
-        if not folder.is_dir():
-            return _fail(f"--{flag} {path}: folder {folder} does not exist")
-        import os
-
-        if not os.access(folder, os.W_OK):
-            return _fail(f"--{flag} {path}: folder {folder} is not writable")
+        problem = path and output_file_problem(path, f"--{flag}", suffix)
+        if problem:
+            return _fail(problem)
     kw = {"update_per_microbatch": True} if args.update_per_microbatch else {}
     try:
         sched = build(args.scheme, M, B, steps, **kw)
