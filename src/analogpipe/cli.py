@@ -36,8 +36,13 @@ class Interrupted(KeyboardInterrupt):
         self.signame, self.code = signame, code
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Every flag's help ends with its default; epilogs (examples) keep their lines."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default; examples keep their lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example"):  # an epilog of example commands: keep it as written
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

@@ -59,7 +59,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "(default: the paper's CIFAR-10 ResNet10 setting, meant for a GPU)")
     p.add_argument("--dataset", default=None, choices=("digits", "cifar10", "cifar100"),
                    help="default: digits with --quick, else cifar10")
-    p.add_argument("--data-dir", default=None, help="folder with the CIFAR pickle batches")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder holding cifar-10-batches-py/ or cifar-100-python/ (default: "
+                        "none; needed for CIFAR)")
     p.add_argument("--seeds", type=int, default=None,
                    help="number of seeds n >= 1 (default 2 with --quick, else 3)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),

@@ -42,7 +42,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.epilog = EXAMPLES
     p.add_argument("--config", metavar="FILE", default=None,
                    help="take the settings of an earlier run: its run.json, or a TOML / JSON "
-                        "file of training settings (flags given beside it override it)")
+                        "file of training settings (flags given beside it override it; "
+                        "default: none)")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="digits", choices=DATASETS,
                       help="training data; cifar10/cifar100 are read from --data-dir")
@@ -57,8 +58,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                        help="base width >= 1 (default: the model's own: mlp hidden sizes 128, "
                             "64; cnn 16; resnets 64)")
     model.add_argument("--depth", type=int, default=None,
-                       help="mlp only: this many hidden layers of --width units (default 64) "
-                            "instead of the default two")
+                       help="mlp only: this many hidden layers, each --width units wide (64 "
+                            "without --width), instead of the default two (default: none)")
     model.add_argument("--init", default="default", choices=("default", "he"),
                        help="weight init: torch's own, or Kaiming-normal (deep MLPs)")
     pipe = p.add_argument_group("pipeline")
