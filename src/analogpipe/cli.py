@@ -162,5 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             return sig.code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m analogpipe.cli` (torchrun): run the imported module,
+    from analogpipe.cli import main as _main  # so that its classes (Interrupted) are the ones
+
+    sys.exit(_main())  # the commands import, not copies in __main__

@@ -347,7 +347,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         history = driver.share(list(ckpt["metrics"]) if ckpt is not None else None)
     start_epoch = len(history)
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. a read-only file system: nothing was written
+            raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror}); "
+                              "choose a folder you can write to") from None
         if overwrite and not resume:
             clear_run_files(out)
         record = {"config": cfg.to_dict(), "seed": cfg.seed, "stages": setup.stage_blocks,
