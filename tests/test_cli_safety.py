@@ -146,6 +146,8 @@ def test_file_system_mistakes_exit_2_before_writing(tmp_path):
     # a folder that cannot be written (a read-only file system, even for root)
     r = cli("train", *TINY, "--out", "/proc/analogpipe-test-run")
     assert r.returncode == 2 and "/proc/analogpipe-test-run" in r.stderr, r.stderr
+    r = cli("reproduce", "--quick", "--subset", "320", "--out", str(a_file))
+    assert r.returncode == 2 and str(a_file) in r.stderr and "is a file" in r.stderr, r.stderr
     # --png: a folder, or not .png
     for cmd in (["schedule"], ["plot", str(run)]):
         for png, needle in ((tmp_path, "is a folder"), (tmp_path / "g.jpg", ".png")):
@@ -239,6 +241,17 @@ def test_reproduce_keys_runs_by_settings_and_sigint_ends_every_child(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count(" skipped ") == n_runs and " done " not in r.stderr
     assert {k: v for k, v in snapshot(out / "runs").items() if k in runs_before} == runs_before
+    # --overwrite trains this call's runs again from scratch (same settings, same results)
+    r = cli(*REPRO, "--epochs", "1", "--overwrite", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count(" done ") == n_runs and " skipped " not in r.stderr
+    after = snapshot(out / "runs")
+    for name, data in runs_before.items():
+        if name.endswith("metrics.jsonl"):
+            strip = [{k: v for k, v in json.loads(x).items() if k != "wall_s"}
+                     for x in data.decode().splitlines()]
+            assert strip == [{k: v for k, v in json.loads(x).items() if k != "wall_s"}
+                             for x in after[name].decode().splitlines()], name
 
 
 # --------------------------------------------------------------------- streams and modes

@@ -16,7 +16,7 @@ from analogpipe.train.config import DATASETS, PARTITION_METRICS, SCHEMES
 
 EXAMPLES = """\
 examples:
-  # AP pipeline of 3 stages on the bundled digits data, 10 epochs (about a minute on a CPU)
+  # AP pipeline of 3 stages on the bundled digits data, 10 epochs (seconds on a CPU)
   analogpipe train --dataset digits --model mlp --scheme ap --stages 3 --epochs 10 --out runs/ap
   # repeat that run with another tau, taking every other setting from its record
   analogpipe train --config runs/ap/run.json --tau 0.4 --out runs/ap-tau0.4
