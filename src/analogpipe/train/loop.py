@@ -397,14 +397,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         try:
             run = driver.run(sched, batch, on_record)
         except DivergenceError as exc:
-            if bar is not None:
-                bar.close()
             kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint"
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1}: {exc}; {kept} ({out}). "
                 "Try a smaller --lr.") from None
-        if bar is not None:
-            bar.close()
+        finally:  # also on Ctrl-C: the bar's line is cleared before any message
+            if bar is not None:
+                bar.close()
         recs = list(run.records.values())
         n_seen = sum(r.count for r in recs)
         cycles += timeline.makespan
