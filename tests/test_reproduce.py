@@ -80,14 +80,15 @@ def test_rerun_skips_complete_runs_and_plots_need_only_the_csv(tiny_run: Path, c
     from analogpipe.experiments import plots
 
     assert main(["reproduce", *TINY, "--out", str(tiny_run)]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # progress lines go to stderr
     assert out.count(" skipped ") == 12 and " done " not in out
     # a run cut short (no completion record) is resumed from its checkpoint, the rest skipped
     victim = next((tiny_run / "runs").glob("*-ap-M2-*"))
     (victim / "reproduce.json").unlink()
     assert main(["reproduce", *TINY, "--out", str(tiny_run)]) == 0
-    out = capsys.readouterr().out
-    assert out.count(" skipped ") == 11 and out.count(" done ") == 1 and victim.name in out
+    out = capsys.readouterr().err
+    name = victim.name.rsplit("-", 1)[0]  # the folder adds a hash of the run's settings
+    assert out.count(" skipped ") == 11 and out.count(" done ") == 1 and name in out
     assert json.loads((victim / "reproduce.json").read_text())["epochs_done"] == 2
     # figures from results.csv alone, in a folder without any run
     s = quick_settings(subset=320, epochs=2, seeds=1, taus=(0.4, 0.8, 1.6), stage_list=(1, 2))

@@ -248,6 +248,9 @@ def write_json(path: str | os.PathLike[str], machine: dict[str, Any], rows: list
     payload = {"machine": machine, "rows": [r.to_dict() for r in rows]}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; a plain file gets 0644
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2, allow_nan=True)
             f.write("\n")

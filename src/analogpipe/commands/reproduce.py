@@ -1,7 +1,11 @@
 """`analogpipe reproduce`: the paper's experiment set, results.csv, figures and report.md.
 
-Every check (settings, dataset folder, model / stage counts, device) happens before anything
-is written, so bad input exits 2 without creating the output folder.
+Every check (settings, dataset folder, model / stage counts, device, output folder) happens
+before anything is written, so bad input exits 2 without creating the output folder.
+
+Runs live in OUT/runs/<name>-<settings hash>/: a run is reused only when its settings are
+identical, and runs with other settings never collide. Ctrl-C or SIGTERM ends every worker
+within seconds (exit 130 / 143); finished runs are kept and the next call resumes.
 """
 
 from __future__ import annotations
@@ -55,30 +59,44 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "(default: the paper's CIFAR-10 ResNet10 setting, meant for a GPU)")
     p.add_argument("--dataset", default=None, choices=("digits", "cifar10", "cifar100"),
                    help="default: digits with --quick, else cifar10")
-    p.add_argument("--data-dir", default=None, help="folder with the CIFAR pickle batches")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder holding cifar-10-batches-py/ or cifar-100-python/ (default: "
+                        "none; needed for CIFAR)")
     p.add_argument("--seeds", type=int, default=None,
-                   help="number of seeds n (default 2 with --quick, else 3)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+                   help="number of seeds n >= 1 (default 2 with --quick, else 3)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where tensors live (cuda needs a CUDA build of torch)")
     p.add_argument("--workers", type=int, default=None,
-                   help="parallel training processes (default: number of CPU cores; "
+                   help="parallel training processes >= 1 (default: number of CPU cores; "
                         "1 on cuda)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per run (default 10 with --quick, else 300)")
+                   help="epochs per run >= 1 (default 10 with --quick, else 300)")
     p.add_argument("--ap-lr", default="scaled", choices=("scaled", "same"),
                    help="scaled: AP uses lr / B (equal step per sample, default); same: AP "
                         "uses lr like SP/WOP (the paper)")
-    p.add_argument("--lr", type=float, default=None, help="base lr (default 0.1)")
+    p.add_argument("--lr", type=float, default=None, help="base lr > 0 (default 0.1)")
     p.add_argument("--target", type=float, default=None,
                    help="test accuracy target of the speedup experiment (default 0.8 on "
                         "digits / cifar10, 0.5 on cifar100)")
     p.add_argument("--no-convergence", action="store_true",
                    help="skip the teacher-student convergence-rate check")
-    p.add_argument("--out", required=True, help="output folder")
-    # hidden knobs for tests and small reproductions
-    p.add_argument("--subset", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--stage-list", type=_ints, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--taus", type=_floats, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--convergence-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (required); calling again with the same folder reuses "
+                        "finished runs with identical settings and resumes cut ones")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train this call's runs again from scratch, deleting their earlier "
+                        "results (runs with other settings are kept)")
+    # knobs that shrink the run (tests, small reproductions)
+    p.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="use only the first N training samples (default: all)")
+    p.add_argument("--stage-list", type=_ints, default=None, metavar="M1,M2",
+                   help="stage counts of the speedup experiment, integers >= 1 "
+                        "(default 1,2,4,8)")
+    p.add_argument("--taus", type=_floats, default=None, metavar="T1,T2",
+                   help="tau values of the saturation sweep, > 0 (default 0.2,0.4,0.8,1.6)")
+    p.add_argument("--convergence-steps", type=int, default=None, metavar="K",
+                   help="steps of the convergence check >= 1 (default 2000 with --quick, "
+                        "else 20000)")
 
 
 def _fail(msg: str) -> int:
@@ -117,6 +135,9 @@ def validate(args: argparse.Namespace):
         raise ConfigError(f"--target={args.target} is invalid: use an accuracy in (0, 1]")
     if args.taus is not None and min(args.taus) <= 0:
         raise ConfigError(f"--taus={args.taus} is invalid: use values > 0")
+    from analogpipe.train.rundir import check_writable_dir
+
+    check_writable_dir(args.out)
     s = _settings(args)
     if s.device == "cuda":
         import torch
@@ -140,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
     from analogpipe.data import DataError
     from analogpipe.errors import ConfigError
     from analogpipe.experiments.report import atomic_write, collect_rows, write_report
-    from analogpipe.experiments.runner import convergence_check, run_all
+    from analogpipe.experiments.runner import convergence_check, discard_runs, run_all
 
     t0 = time.perf_counter()
     try:
@@ -150,12 +171,16 @@ def main(args: argparse.Namespace) -> int:
     workers = args.workers or (1 if s.device == "cuda" else (os.cpu_count() or 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.overwrite:
+        n = discard_runs(specs, out)
+        print(f"analogpipe reproduce: --overwrite: deleted {n} earlier run(s) with these "
+              "settings", file=sys.stderr, flush=True)
     atomic_write(out / "reproduce.json", json.dumps(
         {"settings": s.to_dict(), "argv": sys.argv, "workers": workers,
          "runs": [sp.name for sp in specs]}, indent=1, default=str) + "\n")
     print(f"analogpipe reproduce: {len(specs)} runs ({'quick' if s.quick else 'full'}, "
           f"{s.dataset}, n={s.seeds} seeds, {s.epochs} epochs) on {workers} worker(s) -> {out}",
-          flush=True)
+          file=sys.stderr, flush=True)
 
     conv_file = out / "convergence.json"
 
@@ -173,13 +198,23 @@ def main(args: argparse.Namespace) -> int:
         res = convergence_check(s.convergence_taus, s.convergence_steps)
         atomic_write(conv_file, json.dumps(res) + "\n")
         print(f"convergence check (teacher, tau {list(s.convergence_taus)}): "
-              f"{time.perf_counter() - t:.1f}s", flush=True)
+              f"{time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
         return res
 
     import resource
 
-    results, conv = run_all(specs, out, workers, log=lambda line: print(line, flush=True),
-                            while_waiting=side)
+    from analogpipe.cli import Interrupted
+
+    try:
+        results, conv = run_all(specs, out, workers,
+                                log=lambda line: print(line, file=sys.stderr, flush=True),
+                                while_waiting=side)
+    except KeyboardInterrupt as exc:
+        sig = exc if isinstance(exc, Interrupted) else Interrupted()
+        print(f"analogpipe reproduce: interrupted ({sig.signame}); every worker is stopped, "
+              f"finished runs are kept in {out / 'runs'}: run the same command again to "
+              "resume", file=sys.stderr, flush=True)
+        return sig.code
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     me = resource.getrusage(resource.RUSAGE_SELF)
     cpu_total = usage.ru_utime + usage.ru_stime + me.ru_utime + me.ru_stime

@@ -3,7 +3,9 @@
 Every process builds the same data and model from the seed, keeps its own stage (tiles,
 generators, optimizer) and runs its row of the schedule over torch.distributed point-to-point;
 rank 0 gathers the stages after every epoch, evaluates, and writes run.json, metrics.jsonl and
-the checkpoint (atomically). Results equal the single-process run bit for bit.
+the checkpoint (atomically). Results equal the single-process run bit for bit when both use
+the same torch thread count (`--threads`, default 1 in both): float sums split over another
+number of threads may round differently in the last bit.
 """
 
 from __future__ import annotations
@@ -13,21 +15,23 @@ import sys
 from typing import Any
 
 
-def _worker(rank: int, world_size: int, payload: tuple[dict[str, Any], str, bool]) -> Any:
+def _worker(rank: int, world_size: int,
+            payload: tuple[dict[str, Any], str, bool, bool]) -> Any:
     from analogpipe.train import TrainConfig, build, train
     from analogpipe.train.loop import DistributedDriver
 
-    cfg_dict, out, resume = payload
+    cfg_dict, out, resume, overwrite = payload
     cfg = TrainConfig.from_dict(cfg_dict)
     setup = build(cfg)
     driver = DistributedDriver(setup, rank, world_size)
-    history = train(cfg, out, resume=resume, progress=False, setup=setup, driver=driver)
+    history = train(cfg, out, resume=resume, overwrite=overwrite, progress=False, setup=setup,
+                    driver=driver)
     return history[-1] if rank == 0 and history else None
 
 
 def main(args: argparse.Namespace, cfg) -> int:
 
-    payload = (cfg.to_dict(), args.out, bool(args.resume))
+    payload = (cfg.to_dict(), args.out, bool(args.resume), bool(args.overwrite))
     if args.launcher == "torchrun":
         from analogpipe.pipeline.launch import init_from_torchrun
 
@@ -54,7 +58,7 @@ def main(args: argparse.Namespace, cfg) -> int:
         return 2
     try:
         launch_local(_worker, args.processes, payload, timeout_s=30 * 24 * 3600.0,
-                     threads_per_worker=1)
+                     threads_per_worker=args.threads)
     except WorkerFailed as exc:
         code = 3 if "diverged" in str(exc) else 2 if "ConfigError" in str(exc) else 1
         print(f"analogpipe train: {exc}", file=sys.stderr)

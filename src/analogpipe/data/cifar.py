@@ -134,6 +134,15 @@ def resolve_folder(data_dir: str | Path, layout: _Layout) -> Path:
         return root
     if (root / layout.folder).is_dir():
         return root / layout.folder
+    # the downloaded archive (cifar-10-python.tar.gz), given itself or lying in the folder
+    candidates = [root] if root.is_file() else sorted(root.iterdir()) if root.is_dir() else []
+    archives = [a for a in candidates if a.name.endswith((".tar.gz", ".tgz", ".tar"))]
+    if archives:
+        where = archives[0].parent
+        raise DataError(
+            f"{root}: {archives[0].name} is an archive; extract it first "
+            f"(tar -xzf {archives[0]} -C {where}) and give the folder that holds "
+            f"'{layout.folder}' as the data folder")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {layout.describe()}")
     raise DataError(

@@ -53,7 +53,7 @@ def collect_rows(specs: list[RunSpec], root: str | Path, settings: Settings) -> 
     """One row per (run, evaluated epoch), from each run's metrics.jsonl."""
     rows = []
     for spec in specs:
-        d = run_dir(root, spec.name)
+        d = run_dir(root, spec)
         status = "missing"
         try:
             status = json.loads((d / "reproduce.json").read_text()).get("status", "missing")

@@ -19,17 +19,21 @@ Communication (why it looks like this):
   order, so there header and payload are received at the RF/RB action itself, in the order
   `lower_with_comms` made identical on both ends of each link (deadlock-free even when
   blocking). The nccl path is untested: one GPU cannot host two nccl ranks;
-- every payload is preceded by a small int64 header (ndim, dtype code, dims), so a peer that
-  sends a different shape fails loudly instead of being truncated into a stale buffer
-  (pytorch#113376); a gradient whose shape differs from the stage output it belongs to raises;
-- tags encode micro-batch and message kind (activation/gradient, header/payload), so a
+- every payload is preceded by a small int64 header (ndim, dtype code, dims, and which part
+  of how many), so a peer that sends a different shape fails loudly instead of being
+  truncated into a stale buffer (pytorch#113376); a gradient whose shape differs from the
+  stage output it belongs to raises;
+- a stage may pass a tuple of tensors (up to MAX_PARTS, e.g. a skip connection across the
+  boundary): each part travels as its own header + payload, a missing gradient part as a
+  header alone;
+- tags encode micro-batch, part and message kind (activation/gradient, header/payload), so a
   mis-ordered message fails under gloo instead of being silently consumed.
 
 At start-up (first `run`, or an explicit `check_shapes`) each rank tells the next one its
-output shape and the next rank checks that its stage accepts it, on a deep copy under
-`torch.no_grad`, with the global and tile RNG states saved and restored, so that the check
-perturbs no generator, BatchNorm statistic or weight. A mismatch raises `StageShapeError` on
-every rank, naming both stages and both shapes.
+output shape (or the shapes of its tuple) and the next rank checks that its stage accepts it,
+on a deep copy under `torch.no_grad`, with the global and tile RNG states saved and restored,
+so that the check perturbs no generator, BatchNorm statistic or weight. A mismatch raises
+`StageShapeError` on every rank, naming both stages and both shapes.
 
 Failures: an exception on one rank (e.g. `DivergenceError` on the last stage) leaves its
 peers blocked in a receive until the process-group timeout; the launcher (`launch_local` or
@@ -53,14 +57,18 @@ from torch import Tensor, nn
 
 from analogpipe.optim import AnalogSGD
 from analogpipe.pipeline.local import (
+    Activation,
     BatchFn,
     LossFn,
     MicrobatchRecord,
     PipelineRun,
+    as_received,
     backward_on_version,
     backward_through,
+    input_grad,
     record_loss,
     stage_weights,
+    structure,
     update_group_sizes,
 )
 from analogpipe.pipeline.schedule import Kind, Schedule, lower_with_comms
@@ -75,7 +83,9 @@ __all__ = [
 ]
 
 MAX_NDIM = 8
-HEADER_LEN = 2 + MAX_NDIM  # ndim, dtype code, dims (zero padded)
+MAX_PARTS = 16  # tensors in one stage output tuple
+# ndim, dtype code, dims (zero padded), parts (0: a bare tensor), part index, 1 if no payload
+HEADER_LEN = 2 + MAX_NDIM + 3
 
 _DTYPES: tuple[torch.dtype, ...] = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16,
@@ -83,9 +93,13 @@ _DTYPES: tuple[torch.dtype, ...] = (
 )
 _DTYPE_CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 
-# message kinds, folded into the tag: tag = 4 * micro-batch + kind
+# message kinds, folded into the tag: tag = 4 * (MAX_PARTS * micro-batch + part) + kind
 _ACT_HEADER, _ACT, _GRAD_HEADER, _GRAD = 0, 1, 2, 3
-_CHECK_TAG = 2**30  # start-up shape check (beyond any realistic 4 * micro-batch)
+_CHECK_TAG = 2**30  # start-up shape check (beyond any realistic micro-batch count)
+
+
+def _tag(k: int, part: int, kind: int) -> int:
+    return 4 * (MAX_PARTS * k + part) + kind
 
 
 class StageShapeError(ValueError):
@@ -94,6 +108,11 @@ class StageShapeError(ValueError):
 
 class PipelineCommError(RuntimeError):
     """A message between stages was not what the receiver expected (shape, dtype, header)."""
+
+
+@dataclass
+class _Received:
+    value: Any  # eager (nccl) receive: the value itself
 
 
 @dataclass
@@ -158,14 +177,19 @@ def _prefer_loopback_for_local_runs() -> None:
 
 
 # ------------------------------------------------------------------------------------------
-def _header(t: Tensor) -> Tensor:
+def _header(t: Tensor | None, parts: int = 0, part: int = 0) -> Tensor:
+    """Header of one message: a tensor (or, t None, a missing gradient part of a tuple)."""
+    h = torch.zeros(HEADER_LEN, dtype=torch.int64)
+    h[-3], h[-2] = parts, part
+    if t is None:
+        h[-1] = 1
+        return h
     if t.dim() > MAX_NDIM:
         raise PipelineCommError(f"tensor of shape {tuple(t.shape)} has {t.dim()} dims; the "
                                 f"pipeline sends at most {MAX_NDIM}")
     if t.dtype not in _DTYPE_CODE:
         raise PipelineCommError(f"tensor dtype {t.dtype} cannot be sent; supported: "
                                 f"{', '.join(str(d) for d in _DTYPES)}")
-    h = torch.zeros(HEADER_LEN, dtype=torch.int64)
     h[0] = t.dim()
     h[1] = _DTYPE_CODE[t.dtype]
     if t.dim():
@@ -181,6 +205,56 @@ def _parse_header(h: Tensor, what: str) -> tuple[tuple[int, ...], torch.dtype]:
         raise PipelineCommError(f"{what}: corrupt message header {vals} (expected ndim in "
                                 f"0..{MAX_NDIM}, a dtype code < {len(_DTYPES)}, dims >= 0)")
     return tuple(vals[2:2 + ndim]), _DTYPES[code]
+
+
+def _parse_parts(h: Tensor, what: str) -> tuple[int, int, bool]:
+    """(parts, part index, no payload) of a header; parts 0 means a bare tensor."""
+    parts, part, empty = (int(v) for v in h[-3:].cpu().tolist())
+    if not 0 <= parts <= MAX_PARTS or not 0 <= part < max(parts, 1) or empty not in (0, 1):
+        raise PipelineCommError(f"{what}: corrupt message header (part {part} of {parts}, "
+                                f"flag {empty}; at most {MAX_PARTS} parts)")
+    return parts, part, bool(empty)
+
+
+def _zeros_like_spec(spec: Any, device: torch.device) -> Activation:
+    """Zeros with the structure of a shape spec: (shape, dtype) or ("tuple", [(shape, dtype)])."""
+    if spec[0] == "tuple":
+        return tuple(torch.zeros(sh, dtype=dt, device=device) for sh, dt in spec[1])
+    return torch.zeros(spec[0], dtype=spec[1], device=device)
+
+
+def _spec_of(value: Any) -> Any:
+    if isinstance(value, tuple):
+        if not all(isinstance(t, Tensor) for t in value):
+            raise TypeError("a stage output tuple must hold tensors only, got "
+                            f"({', '.join(type(t).__name__ for t in value)})")
+        return ("tuple", [(tuple(t.shape), t.dtype) for t in value])
+    if not isinstance(value, Tensor):
+        raise TypeError(f"a stage must return a tensor or a tuple of tensors, not "
+                        f"{type(value).__name__}")
+    return (tuple(value.shape), value.dtype)
+
+
+def _shape_text(st: tuple) -> str:
+    """A `structure` in words: [6, 8], or ([6, 8], [6, 12]) for a tuple."""
+    if st and (st[0] is None or isinstance(st[0], tuple)):
+        return "(" + ", ".join("none" if p is None else str(list(p)) for p in st) + ")"
+    return str(list(st))
+
+
+def _spec_shapes(spec: Any) -> Any:
+    """The shape (or tuple of shapes) of a spec; None for None."""
+    if spec is None:
+        return None
+    if spec[0] == "tuple":
+        return tuple(tuple(sh) for sh, _ in spec[1])
+    return tuple(spec[0])
+
+
+def _spec_text(spec: Any) -> str:
+    if spec[0] == "tuple":
+        return "a tuple of shapes (" + ", ".join(str(list(sh)) for sh, _ in spec[1]) + ")"
+    return f"shape {list(spec[0])}"
 
 
 def _module_device(m: nn.Module) -> torch.device:
@@ -290,9 +364,18 @@ class DistributedPipeline:
         work = dist.isend(t, self._peer(peer_offset), group=self.group, tag=tag)
         self._sends.append((work, t))
 
-    def _send_tensor(self, t: Tensor, peer_offset: int, tag_header: int, tag: int) -> None:
-        self._isend(_header(t), peer_offset, tag_header)
-        self._isend(t, peer_offset, tag)
+    def _send_value(self, value: Any, peer_offset: int, k: int, kind_header: int,
+                    kind: int) -> None:
+        """Send a tensor, or a tuple part by part (None: a header saying "no gradient")."""
+        parts = value if isinstance(value, tuple) else (value,)
+        n = len(parts) if isinstance(value, tuple) else 0
+        if n > MAX_PARTS:
+            raise PipelineCommError(f"rank {self.rank}: a stage output tuple of {n} tensors; "
+                                    f"the pipeline sends at most {MAX_PARTS}")
+        for i, t in enumerate(parts):
+            self._isend(_header(t, n, i), peer_offset, _tag(k, i, kind_header))
+            if t is not None:
+                self._isend(t, peer_offset, _tag(k, i, kind))
         if len(self._sends) > 64:  # free completed sends so memory stays bounded
             self._sends = [(w, x) for w, x in self._sends if not w.is_completed()]
 
@@ -300,25 +383,49 @@ class DistributedPipeline:
         buf = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.comm_device)
         return dist.irecv(buf, self._peer(peer_offset), group=self.group, tag=tag), buf
 
-    def _post_recv(self, peer_offset: int, tag_header: int, tag: int, what: str) -> Any:
-        """At an RF/RB action: post the header's irecv (gloo: tags keep messages apart, so
-        the payload can be received later), or with nccl, which ignores tags and matches
-        messages per peer in posting order, receive header and payload right here, in the
+    def _post_recv(self, peer_offset: int, k: int, kind_header: int, kind: int,
+                   what: str) -> Any:
+        """At an RF/RB action: post the first header's irecv (gloo: tags keep messages
+        apart, so the payload can be received later), or with nccl, which ignores tags and
+        matches messages per peer in posting order, receive everything right here, in the
         order `lower_with_comms` made identical on both ends of the link."""
-        posted = self._post_header_recv(peer_offset, tag_header)
+        posted = self._post_header_recv(peer_offset, _tag(k, 0, kind_header))
         if self.eager_recv:
-            return self._finish_recv(posted, peer_offset, tag, what)
+            return _Received(self._finish_recv(posted, peer_offset, k, kind_header, kind, what))
         return posted
 
-    def _finish_recv(self, posted: Any, peer_offset: int, tag: int, what: str) -> Tensor:
-        if isinstance(posted, Tensor):  # already received (eager mode)
-            return posted
-        work, hbuf = posted
-        work.wait()
-        shape, dtype = _parse_header(hbuf, f"rank {self.rank}: {what}")
+    def _recv_part(self, hbuf: Tensor, peer_offset: int, tag: int,
+                   what: str) -> tuple[int, Tensor | None]:
+        shape, dtype = _parse_header(hbuf, what)
+        parts, _, empty = _parse_parts(hbuf, what)
+        if empty:
+            return parts, None
         buf = torch.empty(shape, dtype=dtype, device=self.comm_device)
         dist.irecv(buf, self._peer(peer_offset), group=self.group, tag=tag).wait()
-        return buf.to(self.device)
+        return parts, buf.to(self.device)
+
+    def _finish_recv(self, posted: Any, peer_offset: int, k: int, kind_header: int, kind: int,
+                     what: str) -> Any:
+        if isinstance(posted, _Received):  # already received (eager mode)
+            return posted.value
+        work, hbuf = posted
+        work.wait()
+        what = f"rank {self.rank}: {what}"
+        parts, first = self._recv_part(hbuf, peer_offset, _tag(k, 0, kind), what)
+        if parts == 0:
+            if first is None:
+                raise PipelineCommError(f"{what}: a header without payload for a bare tensor")
+            return first
+        values = [first]
+        for i in range(1, parts):
+            work, h = self._post_header_recv(peer_offset, _tag(k, i, kind_header))
+            work.wait()
+            got, t = self._recv_part(h, peer_offset, _tag(k, i, kind), what)
+            if got != parts or _parse_parts(h, what)[1] != i:
+                raise PipelineCommError(f"{what}: part {i} of a {parts}-tuple arrived with "
+                                        f"header {h.tolist()}")
+            values.append(t)
+        return tuple(values)
 
     def wait_sends(self) -> None:
         """Wait for every outstanding send (before shutdown or reusing a buffer)."""
@@ -331,73 +438,67 @@ class DistributedPipeline:
         self.wait_sends()
 
     # -- start-up shape check ------------------------------------------------------------------
-    def check_shapes(self, example_input: Tensor | None = None) -> list[tuple[int, ...]]:
+    def check_shapes(self, example_input: Tensor | None = None) -> list[Any]:
         """Verify that every stage accepts the previous stage's output; collective.
 
         Rank 0 runs its stage on `example_input` (one micro-batch; other ranks pass None) and
-        sends its output shape on; each rank runs a deep copy of its stage on zeros of the
-        received shape. Nothing observable changes: the copy runs under no_grad in eval mode,
-        and the global RNG and every tile generator are restored. Returns the input shape of
-        every stage (and the last stage's output shape) on every rank; raises
+        sends its output's shape on (of every part, for a tuple); each rank runs a deep copy
+        of its stage on zeros of the received structure. Nothing observable changes: the copy
+        runs under no_grad in eval mode, and the global RNG and every tile generator are
+        restored. Returns the input shape of every stage (and the last stage's output shape)
+        on every rank, a tuple of shapes where a stage passes a tuple; raises
         `StageShapeError` on every rank if any stage rejects its input.
         """
         error: str | None = None
-        in_shape: tuple[int, ...] | None = None
-        in_dtype = torch.float32
+        in_spec: Any = None
         if self.is_first:
             if example_input is None:
                 if self.example_input_shape is None:
                     error = ("rank 0: check_shapes needs an example micro-batch input on rank 0 "
                              "(or example_input_shape in the constructor)")
                 else:
-                    in_shape = self.example_input_shape
+                    in_spec = (self.example_input_shape, torch.float32)
             else:
-                in_shape, in_dtype = tuple(example_input.shape), example_input.dtype
+                in_spec = _spec_of(example_input)
         else:
-            h = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.comm_device)
-            dist.recv(h, self._peer(-1), group=self.group, tag=_CHECK_TAG)
-            if int(h[0]) < 0:  # upstream already failed: pass the failure on
-                in_shape = None
-            else:
-                in_shape, in_dtype = _parse_header(h, f"rank {self.rank}: shape check")
-        out_shape: tuple[int, ...] | None = None
-        out_dtype = in_dtype
-        if in_shape is not None and error is None:
+            box: list[Any] = [None]
+            dist.recv_object_list(box, self._peer(-1), group=self.group,
+                                  device=self.comm_device)
+            in_spec = box[0]  # None: upstream already failed
+        out_spec: Any = None
+        if in_spec is not None and error is None:
             try:
-                y = self._dry_run(in_shape, in_dtype)
-                out_shape, out_dtype = tuple(y.shape), y.dtype
+                out_spec = _spec_of(self._dry_run(in_spec))
             except Exception as exc:  # the stage rejects what the previous one produces
                 src = "the example input" if self.is_first else \
                     f"stage {self.rank - 1}'s output"
-                error = (f"stage {self.rank} (rank {self.rank}) cannot take {src} of shape "
-                         f"{list(in_shape)}: {_first_layer_expectation(self.stage)}; "
+                error = (f"stage {self.rank} (rank {self.rank}) cannot take {src} of "
+                         f"{_spec_text(in_spec)}: {_first_layer_expectation(self.stage)}; "
                          f"the stage raised {type(exc).__name__}: {exc}")
                 if not self.is_first:
-                    error = (f"stage shape mismatch: stage {self.rank - 1} outputs "
-                             f"{list(in_shape)} but " + error)
+                    out_words = _spec_text(in_spec).replace("shape ", "", 1)
+                    error = f"stage shape mismatch: stage {self.rank - 1} outputs " \
+                        f"{out_words} but " + error
         if not self.is_last:
-            if out_shape is None:
-                h = torch.full((HEADER_LEN,), -1, dtype=torch.int64)
-            else:
-                h = _header(torch.empty(out_shape, dtype=out_dtype, device="meta"))
-            dist.send(h.to(self.comm_device), self._peer(1), group=self.group,
-                      tag=_CHECK_TAG)
+            dist.send_object_list([out_spec], self._peer(1), group=self.group,
+                                  device=self.comm_device)
         reports: list[Any] = [None] * self.world_size
-        dist.all_gather_object(reports, (error, in_shape, out_shape), group=self.group)
+        dist.all_gather_object(reports, (error, _spec_shapes(in_spec), _spec_shapes(out_spec)),
+                               group=self.group)
         errors = [r[0] for r in reports if r[0]]
         if errors:
             raise StageShapeError("; ".join(errors))
         self.shapes_checked = True
         return [r[1] for r in reports] + [reports[-1][2]]
 
-    def _dry_run(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    def _dry_run(self, spec: Any) -> Activation:
         saved = _tile_generator_states(self.stage)
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 probe = copy.deepcopy(self.stage)
                 probe.eval()
-                return probe(torch.zeros(shape, dtype=dtype, device=self.device))
+                return probe(_zeros_like_spec(spec, self.device))
         finally:
             for gens, states in saved:  # belt and braces: deepcopy already separates them
                 for k, s in states.items():
@@ -437,9 +538,9 @@ class DistributedPipeline:
         versions: dict[tuple[int, int], tuple[int, int]] = {}
         peak = 0
         in_flight = 0
-        inputs: dict[int, Tensor] = {}  # leaf inputs (ranks > 0)
-        outputs: dict[int, Tensor] = {}  # stage outputs (graph) or scaled losses
-        out_shapes: dict[int, tuple[int, ...]] = {}
+        inputs: dict[int, Activation] = {}  # leaf inputs (ranks > 0)
+        outputs: dict[int, Activation] = {}  # stage outputs (graph) or scaled losses
+        out_shapes: dict[int, tuple] = {}
         targets: dict[int, Tensor] = {}
         posted_f: dict[int, Any] = {}  # header irecv in flight, or (nccl) the tensor
         posted_b: dict[int, Any] = {}
@@ -452,12 +553,12 @@ class DistributedPipeline:
             kind = a.kind
             if kind is Kind.RECV_F:
                 t0 = clock()
-                posted_f[k] = self._post_recv(-1, 4 * k + _ACT_HEADER, 4 * k + _ACT,
+                posted_f[k] = self._post_recv(-1, k, _ACT_HEADER, _ACT,
                                               f"activation of micro-batch {k} from stage {s - 1}")
                 stats.wait_s += clock() - t0
             elif kind is Kind.RECV_B:
                 t0 = clock()
-                posted_b[k] = self._post_recv(1, 4 * k + _GRAD_HEADER, 4 * k + _GRAD,
+                posted_b[k] = self._post_recv(1, k, _GRAD_HEADER, _GRAD,
                                               f"gradient of micro-batch {k} from stage {s + 1}")
                 stats.wait_s += clock() - t0
             elif kind is Kind.FORWARD:
@@ -469,14 +570,14 @@ class DistributedPipeline:
                     inp = x.to(self.device)
                 else:
                     if k not in posted_f:  # a hand-lowered schedule without RF
-                        posted_f[k] = self._post_header_recv(-1, 4 * k + _ACT_HEADER)
+                        posted_f[k] = self._post_header_recv(-1, _tag(k, 0, _ACT_HEADER))
                     t0 = clock()
-                    inp = self._finish_recv(posted_f.pop(k), -1, 4 * k + _ACT,
+                    inp = self._finish_recv(posted_f.pop(k), -1, k, _ACT_HEADER, _ACT,
                                             f"activation of micro-batch {k} from stage {s - 1}")
                     t1 = clock()
                     stats.wait_s += t1 - t0
                     t0 = t1
-                    inp.requires_grad_()
+                    inp = as_received(inp)
                     inputs[k] = inp
                     if self.is_last:
                         targets[k] = batch(offset + k)[1]
@@ -487,7 +588,7 @@ class DistributedPipeline:
                     out = record_loss(self.loss_fn, out, targets.pop(k).to(out.device), k,
                                       group.get(k, 1), records, where=f" (rank {self.rank})")
                 else:
-                    out_shapes[k] = tuple(out.shape)
+                    out_shapes[k] = structure(out)
                 outputs[k] = out
                 versions[(s, k)] = (self.version, -1)
                 in_flight += 1
@@ -496,22 +597,31 @@ class DistributedPipeline:
                 stats.forwards += 1
             elif kind is Kind.SEND_F:
                 t0 = clock()
-                self._send_tensor(outputs[k].detach(), 1, 4 * k + _ACT_HEADER, 4 * k + _ACT)
+                out = outputs[k]
+                self._send_value(tuple(t.detach() for t in out) if isinstance(out, tuple)
+                                 else out.detach(), 1, k, _ACT_HEADER, _ACT)
                 stats.send_s += clock() - t0
             elif kind is Kind.BACKWARD:
                 grad = None
                 t0 = clock()
                 if not self.is_last:
                     if k not in posted_b:
-                        posted_b[k] = self._post_header_recv(1, 4 * k + _GRAD_HEADER)
-                    grad = self._finish_recv(posted_b.pop(k), 1, 4 * k + _GRAD,
+                        posted_b[k] = self._post_header_recv(1, _tag(k, 0, _GRAD_HEADER))
+                    grad = self._finish_recv(posted_b.pop(k), 1, k, _GRAD_HEADER, _GRAD,
                                              f"gradient of micro-batch {k} from stage {s + 1}")
                     expect = out_shapes.pop(k)
-                    if tuple(grad.shape) != expect:
+                    got = structure(grad)
+                    if isinstance(expect[0] if expect else None, tuple) or \
+                            isinstance(grad, tuple):
+                        ok = isinstance(grad, tuple) and len(got) == len(expect) and all(
+                            g is None or g == e for g, e in zip(got, expect))
+                    else:
+                        ok = got == expect
+                    if not ok:
                         raise PipelineCommError(
                             f"rank {s}: stage {s + 1} sent a gradient of shape "
-                            f"{list(grad.shape)} for micro-batch {k}, but stage {s}'s output "
-                            f"has shape {list(expect)}: they must be equal")
+                            f"{_shape_text(got)} for micro-batch {k}, but stage {s}'s output "
+                            f"has shape {_shape_text(expect)}: they must be equal")
                     t1 = clock()
                     stats.wait_s += t1 - t0
                     t0 = t1
@@ -529,13 +639,14 @@ class DistributedPipeline:
                 stats.backwards += 1
             elif kind is Kind.SEND_B:
                 t0 = clock()
-                inp = inputs.pop(k)
-                if inp.grad is None:
+                grad_in = input_grad(inputs.pop(k))
+                parts = grad_in if isinstance(grad_in, tuple) else (grad_in,)
+                if all(g is None for g in parts):
                     raise RuntimeError(
                         f"rank {s}: stage {s}'s input of micro-batch {k} got no gradient in "
                         "its backward (the stage output does not depend on its input); a "
                         "pipeline stage must be differentiable in its input")
-                self._send_tensor(inp.grad, -1, 4 * k + _GRAD_HEADER, 4 * k + _GRAD)
+                self._send_value(grad_in, -1, k, _GRAD_HEADER, _GRAD)
                 stats.send_s += clock() - t0
             elif kind is Kind.UPDATE:
                 t0 = clock()

@@ -9,6 +9,11 @@ Every stage is an `nn.Module` with its own `AnalogSGD`. Actions run in `executio
   stash their update;
 - U(s, mbs): stage s applies the stashed updates of those micro-batches (one AnalogSGD step).
 
+A stage may return a tensor or a tuple of tensors (e.g. a skip connection across a stage
+boundary); the next stage receives exactly that value (as one argument, as inside an
+`nn.Sequential`), with every floating-point tensor detached into its own leaf, and its
+backward sends back one gradient per tensor (None where there is none).
+
 Which weight version a forward sees is therefore not a setting: it emerges from where the
 updates sit in each stage's action list. In the asynchronous 1F1B schedule the forward of
 micro-batch k at stage s runs after max(0, k-(M-1-s)) updates and its backward after k, the
@@ -33,6 +38,7 @@ from analogpipe.optim import AnalogSGD
 from analogpipe.pipeline.schedule import Kind, Schedule, execution_order
 from analogpipe.tiles.tile import AnalogTile
 
+Activation = Tensor | tuple[Tensor, ...]  # what a stage returns and the next one takes
 BatchFn = Callable[[int], tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 RecordHook = Callable[[int, "MicrobatchRecord"], None]
@@ -73,10 +79,45 @@ class PipelineRun:
         return hist
 
 
-def backward_through(out: Tensor, grad: Tensor | None) -> None:
-    """Backpropagate a stage's output; a first stage without weights (a flatten) has no graph."""
-    if out.requires_grad:
-        out.backward(grad)
+def _leaf(t: Tensor) -> Tensor:
+    t = t.detach()
+    return t.requires_grad_() if t.is_floating_point() or t.is_complex() else t
+
+
+def as_received(out: Activation) -> Activation:
+    """A stage output as the next stage receives it: detached leaves (floating-point tensors
+    require grad), a tuple kept a tuple."""
+    if isinstance(out, tuple):
+        return tuple(_leaf(t) for t in out)
+    return out.detach().requires_grad_()
+
+
+def input_grad(inp: Activation) -> Tensor | tuple[Tensor | None, ...] | None:
+    """The gradient a stage's backward produced for its (received) input, same structure."""
+    if isinstance(inp, tuple):
+        return tuple(t.grad if t.requires_grad else None for t in inp)
+    return inp.grad
+
+
+def structure(value: Activation) -> tuple:
+    """Shapes of a tensor, or of each part of a tuple (None for a missing gradient part)."""
+    if isinstance(value, tuple):
+        return tuple(None if t is None else tuple(t.shape) for t in value)
+    return tuple(value.shape)
+
+
+def backward_through(out: Activation, grad: Tensor | tuple | None) -> None:
+    """Backpropagate a stage's output (a tensor, or a tuple with one gradient per part);
+    a first stage without weights (a flatten) has no graph."""
+    if not isinstance(out, tuple):
+        if out.requires_grad:
+            out.backward(grad)
+        return
+    grads = grad if isinstance(grad, tuple) else (None,) * len(out)
+    pairs = [(o, g) for o, g in zip(out, grads)
+             if isinstance(o, Tensor) and o.requires_grad and g is not None]
+    if pairs:
+        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
 
 
 def record_loss(loss_fn: LossFn, out: Tensor, y: Tensor, k: int, group: int,
@@ -91,7 +132,7 @@ def record_loss(loss_fn: LossFn, out: Tensor, y: Tensor, k: int, group: int,
     if not math.isfinite(value):
         raise DivergenceError(f"loss of micro-batch {k} is {value}{where}")
     rec = MicrobatchRecord(loss=value, count=int(y.shape[0]))
-    if out.dim() == 2 and y.dtype == torch.int64:
+    if isinstance(out, Tensor) and out.dim() == 2 and y.dtype == torch.int64:
         rec.correct = int((out.detach().argmax(1) == y).sum())
     records[k] = rec
     return loss / group if group != 1 else loss
@@ -103,8 +144,8 @@ def stage_weights(stage: nn.Module) -> list[Tensor]:
     return tiles + [p.data for p in stage.parameters()]
 
 
-def backward_on_version(stage: nn.Module, version: list[Tensor], out: Tensor,
-                        grad: Tensor | None) -> None:
+def backward_on_version(stage: nn.Module, version: list[Tensor], out: Activation,
+                        grad: Tensor | tuple | None) -> None:
     """Backward with the weights of the micro-batch's own forward (PipeDream stashing):
     swap the stashed version in, backpropagate, swap the current weights back."""
     live = stage_weights(stage)
@@ -162,8 +203,8 @@ class LocalPipeline:
             raise ValueError(f"schedule has {schedule.num_stages} stages but the pipeline has {M}")
         group = update_group_sizes(schedule)
         run = PipelineRun(peak_in_flight=[0] * M, peak_weight_copies=[0] * M)
-        inputs: dict[tuple[int, int], Tensor] = {}  # leaf inputs of stage s for mb k
-        outputs: dict[tuple[int, int], Tensor] = {}  # stage outputs (graph) or scaled losses
+        inputs: dict[tuple[int, int], Activation] = {}  # leaf inputs of stage s for mb k
+        outputs: dict[tuple[int, int], Activation] = {}  # stage outputs or scaled losses
         targets: dict[int, Tensor] = {}
         stash: dict[tuple[int, int], list[Tensor]] = {}  # PipeDream weight copies
         pending: list[deque[int]] = [deque() for _ in range(M)]  # backwards awaiting update
@@ -177,7 +218,7 @@ class LocalPipeline:
                     targets[k] = y
                     inp = x
                 else:
-                    inp = outputs[(s - 1, k)].detach().requires_grad_()
+                    inp = as_received(outputs[(s - 1, k)])
                     inputs[(s, k)] = inp
                 if schedule.weight_stashing:
                     stash[(s, k)] = [t.detach().clone() for t in stage_weights(self.stages[s])]
@@ -195,7 +236,7 @@ class LocalPipeline:
                 run.peak_in_flight[s] = max(run.peak_in_flight[s], in_flight[s])
             elif a.kind is Kind.BACKWARD:
                 out = outputs.pop((s, k))
-                grad = None if s == M - 1 else inputs.pop((s + 1, k)).grad
+                grad = None if s == M - 1 else input_grad(inputs.pop((s + 1, k)))
                 if schedule.weight_stashing:
                     backward_on_version(self.stages[s], stash.pop((s, k)), out, grad)
                 else:

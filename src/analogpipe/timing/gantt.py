@@ -58,6 +58,12 @@ def to_chrome_trace(timeline: Timeline) -> dict[str, Any]:
             "otherData": {"us_per_cycle": US_PER_CYCLE, **timeline.to_dict()}}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str | os.PathLike, write) -> Path:
     """Write through a temp file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
@@ -65,6 +71,7 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain file gets 0644
         with os.fdopen(fd, "wb") as fh:
             write(fh)
         os.replace(tmp, path)

@@ -35,6 +35,7 @@ from analogpipe.pipeline.partition import block_costs, partition, split_model
 from analogpipe.tiles import AnalogTile
 from analogpipe.timing.cycles import Costs, simulate
 from analogpipe.train.config import TrainConfig
+from analogpipe.train.rundir import check_out_dir, check_resume, clear_run_files, load_checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,16 +43,24 @@ class TrainingDiverged(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ files
-def atomic_write_text(path: Path, text: str) -> None:
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write to a hidden temporary file beside `path`, then rename it over `path`: a reader
+    (or a run interrupted mid-write) sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def environment() -> dict[str, Any]:
@@ -106,6 +115,7 @@ def build(cfg: TrainConfig) -> Setup:
     if cfg.stages > len(names):
         raise ConfigError(f"stages={cfg.stages} but model {cfg.model!r} has only {len(names)} "
                           f"blocks ({', '.join(names)}): use at most {len(names)}")
+    _check_batchnorm(model, data.train_x[:cfg.micro_batch_size], cfg)
     example = data.train_x[:1]
     groups = partition(block_costs(model, example, cfg.partition_metric), cfg.stages, names)
     tile_cfg = cfg.tile_config()
@@ -118,6 +128,40 @@ def build(cfg: TrainConfig) -> Setup:
     stages = split_model(model, groups)
     stage_blocks = [[names[i] for i in g] for g in groups]
     return Setup(cfg, data, model, stage_blocks, stages, _loss_fn(data.task))
+
+
+def _check_batchnorm(model: nn.Module, micro_batch: Tensor, cfg: TrainConfig) -> None:
+    """BatchNorm in training needs more than one value per channel in every micro-batch:
+    refuse settings that give it one, before anything is written (eval-mode dry run of the
+    digital model, so no statistic or generator changes)."""
+    norms = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    seen: dict[str, int] = {}
+
+    def hook(mod: nn.Module, inp: tuple, out: Tensor, name: str) -> None:
+        seen.setdefault(name, int(inp[0].shape[0]) * math.prod(inp[0].shape[2:]))
+
+    handles = [m.register_forward_hook(lambda mod, inp, out, n=n: hook(mod, inp, out, n))
+               for n, m in norms]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(micro_batch)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    bad = [(n, v) for n, v in seen.items() if v <= 1]
+    if bad:
+        name, values = bad[0]
+        raise ConfigError(
+            f"micro_batch_size={cfg.micro_batch_size} is invalid for model {cfg.model!r}: its "
+            f"BatchNorm layer {name!r} would see {values} value per channel per micro-batch, "
+            "and BatchNorm cannot train on one; allowed: a --micro-batch-size giving it at "
+            "least 2 (e.g. --micro-batch-size 2), or a model without BatchNorm (--model mlp)")
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -284,13 +328,18 @@ class DistributedDriver:
 
 # ------------------------------------------------------------------------------ training
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, setup: Setup | None = None, driver: Any = None,
+          overwrite: bool = False, progress: bool = True, setup: Setup | None = None,
+          driver: Any = None,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[dict]:
     """Train and write run.json, metrics.jsonl and checkpoint.pt into out_dir.
 
     `driver` runs the schedules: LocalDriver (default) or DistributedDriver (then only rank 0
-    evaluates and writes). Returns the metrics history. Raises TrainingDiverged, keeping the
-    last good checkpoint.
+    evaluates and writes). Returns the metrics history.
+
+    A folder that already holds files is refused unless `resume` (continue from its
+    checkpoint; `cfg.epochs` may exceed the checkpoint's, see `rundir.resume_problems`) or
+    `overwrite` (the previous run's files are removed). Raises ConfigError before anything is
+    written on a bad folder or checkpoint; TrainingDiverged keeps the last good checkpoint.
     """
     setup = setup or build(cfg)
     driver = driver or LocalDriver(setup)
@@ -298,14 +347,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     out = Path(out_dir)
     ckpt_path = out / "checkpoint.pt"
     error = None
-    if writer and resume and not ckpt_path.exists():
-        error = f"--resume: no checkpoint at {ckpt_path}"
     ckpt = None
-    if writer and resume and error is None:
-        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
-        if ckpt["config"] != cfg.to_dict():
-            diff = sorted(k for k in cfg.to_dict() if ckpt["config"].get(k) != cfg.to_dict()[k])
-            error = f"--resume: settings differ from the checkpoint's in {diff}"
+    if writer:
+        try:
+            check_out_dir(out, resume=resume, overwrite=overwrite)
+            if resume:
+                ckpt = load_checkpoint(ckpt_path, map_location=cfg.device)
+                check_resume(ckpt, cfg.to_dict(), ckpt_path)
+        except ConfigError as exc:
+            error = str(exc)
     error = driver.share(error)
     if error:
         raise ConfigError(error)
@@ -315,12 +365,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         history = driver.share(list(ckpt["metrics"]) if ckpt is not None else None)
     start_epoch = len(history)
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. a read-only file system: nothing was written
+            raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror}); "
+                              "choose a folder you can write to") from None
+        if overwrite and not resume:
+            clear_run_files(out)
         record = {"config": cfg.to_dict(), "seed": cfg.seed, "stages": setup.stage_blocks,
                   "tile_config": None if cfg.tile_config() is None
                   else cfg.tile_config().to_dict(),
                   "executor": type(driver).__name__, "argv": sys.argv,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment()}
+        if resume:
+            record["resumed_at_epoch"] = start_epoch
         atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str) + "\n")
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
@@ -349,21 +407,21 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                 seen[1] += rec.count
                 if done % 10 == 0 or done == bar.total:
                     rate = done * cfg.micro_batch_size / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{rec.loss:.3f}", acc=f"{seen[0] / seen[1]:.3f}",
-                                    samples_s=f"{rate:.0f}",
-                                    cycles=f"{cycles + makespan * done / bar.total:.0f}")
+                    bar.set_postfix({"loss": f"{rec.loss:.3f}",
+                                     "acc": f"{seen[0] / seen[1]:.3f}",
+                                     "samples/s": f"{rate:.0f}",
+                                     "cycles": f"{cycles + makespan * done / bar.total:.0f}"})
 
         try:
             run = driver.run(sched, batch, on_record)
         except DivergenceError as exc:
-            if bar is not None:
-                bar.close()
             kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint"
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1}: {exc}; {kept} ({out}). "
                 "Try a smaller --lr.") from None
-        if bar is not None:
-            bar.close()
+        finally:  # also on Ctrl-C: the bar's line is cleared before any message
+            if bar is not None:
+                bar.close()
         recs = list(run.records.values())
         n_seen = sum(r.count for r in recs)
         cycles += timeline.makespan
@@ -402,4 +460,4 @@ def _progress(enabled: bool, total: int, desc: str):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, unit="mb", file=sys.stderr)
+    return tqdm(total=total, desc=desc, leave=False, unit=" micro-batches", file=sys.stderr)
