@@ -49,7 +49,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-noise", type=float, default=0.005)
     p.add_argument("--update", default="expected", choices=UPDATE_MODES)
     p.add_argument("--granularity", default="sample", choices=GRANULARITIES)
-    p.add_argument("--partition", dest="partition_metric", default="params",
+    p.add_argument("--partition", dest="partition_metric", default="aimc",
                    choices=PARTITION_METRICS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
