@@ -78,7 +78,8 @@ def render(header: dict[str, Any], s: Settings, groups: list[Group],
     for g in groups:
         for v in analyses.get(g.key, {}).get("verdicts", []):
             L.append(f"- **{v['verdict']}**: {v['claim']}. Rule: {v['rule']}. Numbers: "
-                     f"{v['numbers']}. Confounds: {v['confounds']}. (section {g.title.split('.')[0]})")
+                     f"{v['numbers']}. Confounds: {v['confounds']}. "
+                     f"(section {g.title.split('.')[0]})")
     L.append("")
     for g in groups:
         L += [f"## {g.title}", ""]
