@@ -14,18 +14,18 @@ import torch
 
 from analogpipe.cli import main
 from analogpipe.experiments import stats as st
-from analogpipe.experiments.analysis import RunData, Results, samples_to_target
+from analogpipe.experiments.analysis import Results, RunData, samples_to_target
 from analogpipe.experiments.paper import (
     equivalence_runs,
     staleness_analyse,
     staleness_runs,
-    tau_configs,
     target_of,
+    tau_configs,
 )
 from analogpipe.experiments.plan import config, full_settings, plan, quick_settings
 
 TINY = ["--quick", "--subset", "320", "--epochs", "2", "--seeds", "2", "--workers", "1",
-        "--taus", "0.2,0.8", "--stage-list", "1,2", "--convergence-steps", "200",
+        "--taus", "0.5,1.6", "--stage-list", "1,2", "--convergence-steps", "200",
         "--width", "16"]
 
 

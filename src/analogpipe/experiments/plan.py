@@ -84,8 +84,8 @@ class Settings:
     pipe_width: int | None = 64
     pipe_depth: int | None = 7
     init: str = "he"
-    sweep_taus: tuple[float, ...] = (0.2, 0.4, 0.8, 1.6)
-    sweep_omega: float = 0.1  # mapping of the tau sweep, conductance units (<= min tau)
+    sweep_taus: tuple[float, ...] = (0.5, 0.8, 1.6, 3.2)
+    sweep_omega: float = 0.4  # mapping of the tau sweep, conductance units (<= min tau)
     convergence: bool = True
     conv_taus: tuple[float, ...] = (0.35, 0.5, 0.7, 1.0, 2.0)
     conv_w_star: float = 0.25  # max |w*| of the teacher: inside every tau of conv_taus
@@ -225,6 +225,8 @@ class Group:
 
 
 GROUPS: dict[str, Group] = {}
+# modules whose import registers groups (a further experiment adds its module here)
+GROUP_MODULES: list[str] = ["analogpipe.experiments.paper"]
 
 
 def register(group: Group) -> Group:
@@ -235,7 +237,10 @@ def register(group: Group) -> Group:
 
 def groups(s: Settings) -> list[Group]:
     """The groups of this reproduction, in report order."""
-    import analogpipe.experiments.paper  # noqa: F401  (registers the paper's groups)
+    import importlib
+
+    for mod in GROUP_MODULES:
+        importlib.import_module(mod)  # registers its groups
 
     chosen = [g for g in GROUPS.values() if not s.groups or g.key in s.groups]
     unknown = sorted(set(s.groups) - set(GROUPS))
