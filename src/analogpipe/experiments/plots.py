@@ -66,6 +66,15 @@ def staleness(a: dict, s: Settings, out: Path) -> dict[str, str]:
         if note:
             axes[1].annotate(note.strip(), (x["M"], Interval.from_dict(x["samples"]).mean or 0),
                              fontsize=7, xytext=(4, 4), textcoords="offset points")
+    base = rows[0]
+    m = s.rules.acc_margin * 100
+    b_acc = Interval.from_dict(base["acc"]).mean * 100
+    axes[0].axhspan(b_acc - m, b_acc + m, color="gray", alpha=0.15,
+                    label=f"AP({base['M']}) ± {m:g} points (equivalence margin)")
+    b_s = Interval.from_dict(base["samples"]).mean
+    r = s.rules.samples_ratio
+    axes[1].axhspan(b_s / r, b_s * r, color="gray", alpha=0.15,
+                    label=f"AP({base['M']}) x [1/{r:g}, {r:g}] (equivalence margin)")
     axes[0].set_ylabel("final test accuracy (%)")
     axes[1].set_ylabel(f"samples to target {a['target']['target']:.3f} (training samples)")
     for ax in axes:
