@@ -56,6 +56,9 @@ def test_tau_sweep_runs_differ_only_in_the_device_bound() -> None:
     assert tc["mapping"] == base.tile_config().to_dict()["mapping"]
     assert tc["mapping"]["weight_scaling_omega"] == s.sweep_omega  # absolute units, fixed
     assert tc["forward"] == base.tile_config().to_dict()["forward"]
+    # the sweep's tau = 0.8 point is the main AP run (mapped at tau / 2 = omega): trained once
+    main_ap = config(s, scheme="ap", stages=s.acc_stages, seed=3)
+    assert main_ap in cfgs
     # the same initial weights: the logical weights after mapping are identical
     from analogpipe.train.loop import build
 
@@ -264,6 +267,37 @@ def test_tiny_reproduction_writes_report_and_figures(tiny_run: Path) -> None:
     plan_file = json.loads((tiny_run / "reproduce.json").read_text())
     assert plan_file["rules"]["acc_margin"] == 0.03  # the rules are on disk before the runs
     assert not list(tiny_run.glob("**/.*.tmp*"))
+
+
+def test_report_and_figures_are_drawn_from_the_analysis_data_alone(tiny_run: Path,
+                                                                   tmp_path: Path) -> None:
+    from analogpipe.experiments.plan import groups
+    from analogpipe.experiments.render import render
+    from analogpipe.experiments.report import _restore
+
+    data = _restore(json.loads((tiny_run / "analysis.json").read_text()))
+    s = quick_settings(subset=320, epochs=2, seeds=2, sweep_taus=(0.5, 1.6), stage_list=(1, 2),
+                       conv_steps=200, width=16, depth=7, pipe_width=16)
+    gs = groups(s)
+    figs = {g.key: g.figures(data["analyses"][g.key], s, tmp_path) for g in gs}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"fig_{g.key}.png" for g in gs)
+    text = render(data["header"], s, gs, data["analyses"], figs)
+    verdicts = [ln for ln in text.splitlines() if ln.startswith("- **")]
+    assert verdicts == [ln for ln in (tiny_run / "report.md").read_text().splitlines()
+                        if ln.startswith("- **")]
+
+
+def test_rendering_modules_do_not_import_the_analysis_back() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, analogpipe.experiments.plots, analogpipe.experiments.render; "
+            "bad = [m for m in ('analogpipe.experiments.report', 'analogpipe.experiments.paper', "
+            "'analogpipe.experiments.clock') if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_rerun_reuses_runs_and_measurements(tiny_run: Path, capsys) -> None:

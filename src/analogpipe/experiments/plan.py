@@ -89,7 +89,7 @@ class Settings:
     convergence: bool = True
     conv_taus: tuple[float, ...] = (0.35, 0.5, 0.7, 1.0, 2.0)
     conv_w_star: float = 0.25  # max |w*| of the teacher: inside every tau of conv_taus
-    conv_steps: int = 4000
+    conv_steps: int = 3000
     conv_lr: float = 0.05
     conv_batch: int = 8
     rules: Rules = field(default_factory=Rules)
@@ -173,11 +173,14 @@ def config(s: Settings, *, scheme: str, stages: int = 1, seed: int, policy: str 
     model, width, depth = ((s.pipe_model, s.pipe_width, s.pipe_depth) if pipe
                            else (s.model, s.width, s.depth))
     stages = 1 if scheme == "digital" else stages
+    tau = s.tau if tau is None else tau
+    if omega is None and scheme != "digital":
+        omega = tau / 2  # explicit in the resolved settings (the trainer's default mapping)
     return TrainConfig(
         init=s.init, dataset=s.dataset, data_dir=s.data_dir, subset=s.subset, model=model,
         width=width, depth=depth, scheme=scheme, stages=stages, microbatches=s.microbatches,
         micro_batch_size=s.micro_batch_size, epochs=s.epochs, lr=lr_of(s, scheme, policy),
-        lr_milestones=s.lr_milestones, tau=s.tau if tau is None else tau, omega=omega,
+        lr_milestones=s.lr_milestones, tau=tau, omega=omega,
         device_model=device_model, seed=seed, device=s.device, partition_metric="aimc",
         t_f=1.0 / stages, t_b=1.0 / stages, **more)
 
