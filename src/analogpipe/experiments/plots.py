@@ -141,11 +141,11 @@ def tau(a: dict, s: Settings, out: Path) -> dict[str, str]:
     rows = a["rows"]
     fin = [x for x in rows if x["key"] != "ideal"]
     taus = [x["tau"] for x in fin]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    _errorbar(axes[0], taus, [Interval.from_dict(x["sat"]) for x in fin], color="tab:red",
-              marker="o", ls="-", label="max|W|/tau over training")
-    axes[0].plot(taus, [s.sweep_omega / t for t in taus], color="gray", ls=":", marker="x",
-                 label="at init (omega/tau)")
+    fig, axes = plt.subplots(1, 3, figsize=(15.5, 4.2))
+    _errorbar(axes[0], [t * 1.03 for t in taus], [Interval.from_dict(x["sat"]) for x in fin],
+              color="tab:red", marker="o", ls="-", label="max|W|/tau over training (x +3%)")
+    axes[0].plot([t * 0.97 for t in taus], [s.sweep_omega / t for t in taus], color="gray",
+                 ls=":", marker="x", label="at init, omega/tau (x -3%)")
     axes[0].set_ylabel("max |W| / tau (fraction of range)")
     ideal = next((x for x in rows if x["key"] == "ideal"), None)
     for ax, key, lab, sc in ((axes[1], "loss", "final test loss (cross-entropy, nats)", 1.0),
@@ -158,9 +158,15 @@ def tau(a: dict, s: Settings, out: Path) -> dict[str, str]:
             if iv.defined:
                 ax.axhspan(iv.lo * sc, iv.hi * sc, color="black", alpha=0.1)
         ax.set_ylabel(lab)
-    for x in fin:
+    for x in rows:  # diverged runs are left out of the loss: say so at the point
         if x["diverged"]:
-            axes[1].annotate(f"{x['diverged']}/{x['n']} diverged", (x["tau"], 0), fontsize=7)
+            y = Interval.from_dict(x["loss"]).mean
+            at = x["tau"] if x["key"] != "ideal" else taus[-1]
+            axes[1].annotate(f"{x['key']}: {x['diverged']}/{x['n']} diverged", (at, y)
+                             if math.isfinite(y) else (0.5, 0.05), fontsize=7,
+                             xycoords="data" if math.isfinite(y) else "axes fraction",
+                             xytext=(-90 if x["key"] == "ideal" else 4, 4),
+                             textcoords="offset points", color="tab:red")
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xticks(taus, [f"{t:g}" for t in taus])
