@@ -180,9 +180,13 @@ def test_aimc_stage_costs_by_hand() -> None:
     ]
     aimc = AimcCosts(t_mvm=1.0, t_pulse=0.5, bl=4, t_transfer=0.01)
     c = stage_costs(layers, [["stem", "block"], ["fc"]], micro_batch_size=2, aimc=aimc)
-    # stage 0: 2 convs * 64 px * 2 samples = 256 MVMs; backward 256 MVMs + 256 * 4 * 0.5
+    # stage 0: 2 convs * 64 px * 2 samples = 256 MVMs; backward: the transposed MVMs of
+    # "block" only (128: the input layer "stem" needs none) + 256 * 4 * 0.5 pulse slots
     assert c.t_f == [256.0, 2.0]
-    assert c.t_b == [256.0 + 512.0, 2.0 + 4.0]
+    assert c.t_b == [128.0 + 512.0, 2.0 + 4.0]
+    # counting the stem's transposed MVM as well (a stage that is not the network's input)
+    assert stage_costs(layers, [["stem", "block"], ["fc"]], 2, aimc,
+                       first_is_input=False).t_b[0] == 256.0 + 512.0
     assert c.t_comm == [pytest.approx(1024 * 2 * 0.01)]
     # same with a block -> stage mapping and index groups
     assert stage_costs(layers, {"stem": 0, "block": 0, "fc": 1}, 2, aimc) == c
@@ -199,6 +203,11 @@ def test_aimc_defaults_make_update_cost_one_mvm() -> None:
     layer = LayerSpec("fc", "fc", "linear", 2000, 1000, 1, 1000)
     t_f, t_b = layer_times(layer, 8)
     assert t_f == 8 and t_b == pytest.approx(16)  # BL = 31 pulses of 1/31 = one MVM time
+    # the input layer has no transposed MVM; a measured mean BL of 15.5 halves the update
+    assert layer_times(layer, 8, input_layer=True)[1] == pytest.approx(8)
+    assert layer_times(layer, 8, AimcCosts(bl=15.5))[1] == pytest.approx(12)
+    with pytest.raises(ValueError, match="AimcCosts.bl=0.5"):
+        AimcCosts(bl=0.5)
     assert num_tiles(layer) == 4 * 2  # ceil(2000/512) * ceil(1000/512), in parallel: same time
 
 
@@ -216,7 +225,7 @@ def test_aimc_rejects_bad_mappings() -> None:
 
 def test_aimc_costs_feed_the_simulator() -> None:
     layers = [LayerSpec(f"l{i}", f"l{i}", "linear", 64, 64, 1, 64) for i in range(4)]
-    c = stage_costs(layers, [[0, 1], [2, 3]], 4, AimcCosts(t_transfer=0.0))
+    c = stage_costs(layers, [[0, 1], [2, 3]], 4, AimcCosts(t_transfer=0.0), first_is_input=False)
     tl = simulate(async_1f1b(2, 4, 2), c)
     assert tl.makespan == pytest.approx(closed_form("ap", 2, 4, 2, t_f=8, t_b=16)["makespan"])
 

@@ -51,11 +51,13 @@ def _ints(text: str) -> tuple[int, ...]:
 def add_parser(p: argparse.ArgumentParser) -> None:
     """Flags of `analogpipe reproduce` (hidden ones shrink the run for tests)."""
     p.description = (
-        "Run the paper's experiments (accuracy vs epoch and vs cycles for digital / WOP / SP / "
-        "AP; cycles to a target and speedup for M = 1, 2, 4, 8; a tau saturation sweep) and "
-        "write OUT/report.md, OUT/results.csv and figures. Interrupted runs resume.")
+        "Test the paper's claims, each with an experiment that isolates it: staleness (AP(M) "
+        "vs AP(1)), AP vs SP vs digital accuracy (two lr policies), speedup in cycles to a "
+        "target on the AIMC clock, a tau sweep where only the device bound changes, and the "
+        "convergence rate and floor on a teacher problem. Writes OUT/report.md, "
+        "OUT/results.csv, OUT/analysis.json and figures. Interrupted runs resume.")
     p.add_argument("--quick", action="store_true",
-                   help="digits, 9-block MLP, 2 seeds, 10 epochs: minutes on a laptop CPU "
+                   help="digits, 9-block MLP, 5 seeds, 10 epochs: minutes on a laptop CPU "
                         "(default: the paper's CIFAR-10 ResNet10 setting, meant for a GPU)")
     p.add_argument("--dataset", default=None, choices=("digits", "cifar10", "cifar100"),
                    help="default: digits with --quick, else cifar10")
@@ -63,7 +65,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="folder holding cifar-10-batches-py/ or cifar-100-python/ (default: "
                         "none; needed for CIFAR)")
     p.add_argument("--seeds", type=int, default=None,
-                   help="number of seeds n >= 1 (default 2 with --quick, else 3)")
+                   help="number of seeds n >= 1 per cell (default 5 with --quick, else 3)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="where tensors live (cuda needs a CUDA build of torch)")
     p.add_argument("--workers", type=int, default=None,
@@ -71,15 +73,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "1 on cuda)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs per run >= 1 (default 10 with --quick, else 300)")
-    p.add_argument("--ap-lr", default="scaled", choices=("scaled", "same"),
-                   help="scaled: AP uses lr / B (equal step per sample, default); same: AP "
-                        "uses lr like SP/WOP (the paper)")
-    p.add_argument("--lr", type=float, default=None, help="base lr > 0 (default 0.1)")
-    p.add_argument("--target", type=float, default=None,
-                   help="test accuracy target of the speedup experiment (default 0.8 on "
-                        "digits / cifar10, 0.5 on cifar100)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="base lr > 0 (default 0.05 with --quick, else 0.1)")
+    p.add_argument("--groups", default=None,
+                   help="comma-separated experiment groups to run (default: all: staleness, "
+                        "equivalence, speedup, tau, convergence)")
     p.add_argument("--no-convergence", action="store_true",
-                   help="skip the teacher-student convergence-rate check")
+                   help="skip the teacher-problem convergence group")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (required); calling again with the same folder reuses "
                         "finished runs with identical settings and resumes cut ones")
@@ -90,13 +90,18 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=int, default=None, metavar="N",
                    help="use only the first N training samples (default: all)")
     p.add_argument("--stage-list", type=_ints, default=None, metavar="M1,M2",
-                   help="stage counts of the speedup experiment, integers >= 1 "
+                   help="stage counts of the staleness and speedup groups, integers >= 1 "
                         "(default 1,2,4,8)")
     p.add_argument("--taus", type=_floats, default=None, metavar="T1,T2",
-                   help="tau values of the saturation sweep, > 0 (default 0.2,0.4,0.8,1.6)")
+                   help="tau values of the saturation sweep, each >= the sweep's omega "
+                        "(default 0.5,0.8,1.6,3.2)")
     p.add_argument("--convergence-steps", type=int, default=None, metavar="K",
-                   help="steps of the convergence check >= 1 (default 2000 with --quick, "
+                   help="steps of the teacher-problem runs >= 1 (default 3000 with --quick, "
                         "else 20000)")
+    p.add_argument("--width", type=int, default=None, metavar="W",
+                   help="hidden width of the quick mode's MLP >= 1 (default 64)")
+    p.add_argument("--depth", type=int, default=None, metavar="D",
+                   help="hidden layers of the quick mode's MLP >= 1 (default 7)")
 
 
 def _fail(msg: str) -> int:
@@ -105,16 +110,28 @@ def _fail(msg: str) -> int:
 
 
 def _settings(args: argparse.Namespace):
-    from analogpipe.experiments.paper import full_settings, quick_settings
+    from analogpipe.experiments.plan import full_settings, quick_settings
 
     over = {
         "dataset": args.dataset, "data_dir": args.data_dir, "seeds": args.seeds,
-        "device": args.device, "epochs": args.epochs, "ap_lr": args.ap_lr, "lr": args.lr,
-        "target": args.target, "subset": args.subset, "stage_list": args.stage_list,
-        "taus": args.taus, "convergence_steps": args.convergence_steps,
+        "device": args.device, "epochs": args.epochs, "lr": args.lr, "subset": args.subset,
+        "stage_list": args.stage_list, "sweep_taus": args.taus,
+        "conv_steps": args.convergence_steps,
     }
+    for k in ("width", "depth"):
+        v = getattr(args, k)
+        if v is not None:
+            over[k] = over[f"pipe_{k}"] = v
+    gs = ()
+    if args.groups:
+        gs = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     if args.no_convergence:
+        from analogpipe.experiments.plan import GROUPS, groups
+
+        groups(quick_settings())  # registers the paper's groups
+        gs = tuple(g for g in (gs or tuple(GROUPS)) if g != "convergence")
         over["convergence"] = False
+    over["groups"] = gs
     return quick_settings(**over) if args.quick else full_settings(**over)
 
 
@@ -122,23 +139,25 @@ def validate(args: argparse.Namespace):
     """Settings, the run plan and one build per model / largest M: raises on bad input."""
     from analogpipe.data import load_dataset
     from analogpipe.errors import ConfigError
-    from analogpipe.experiments.paper import plan
+    from analogpipe.experiments.plan import plan
     from analogpipe.train import build
 
-    for name in ("seeds", "workers", "epochs", "subset", "convergence_steps"):
+    for name in ("seeds", "workers", "epochs", "subset", "convergence_steps", "width",
+                 "depth"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ConfigError(f"--{name.replace('_', '-')}={v} is invalid: use an integer >= 1")
     if args.lr is not None and not args.lr > 0:
         raise ConfigError(f"--lr={args.lr} is invalid: use a value > 0")
-    if args.target is not None and not 0 < args.target <= 1:
-        raise ConfigError(f"--target={args.target} is invalid: use an accuracy in (0, 1]")
     if args.taus is not None and min(args.taus) <= 0:
         raise ConfigError(f"--taus={args.taus} is invalid: use values > 0")
     from analogpipe.train.rundir import check_writable_dir
 
     check_writable_dir(args.out)
     s = _settings(args)
+    if min(s.sweep_taus) < s.sweep_omega:
+        raise ConfigError(f"--taus={list(s.sweep_taus)}: every tau of the sweep must be >= its "
+                          f"mapping omega = {s.sweep_omega:g}")
     if s.device == "cuda":
         import torch
 
@@ -160,8 +179,10 @@ def validate(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from analogpipe.data import DataError
     from analogpipe.errors import ConfigError
-    from analogpipe.experiments.report import atomic_write, collect_rows, write_report
-    from analogpipe.experiments.runner import convergence_check, discard_runs, run_all
+    from analogpipe.experiments.analysis import atomic_write
+    from analogpipe.experiments.report import measure, write_report
+    from analogpipe.experiments.runner import discard_runs, run_all
+    from analogpipe.train.loop import environment
 
     t0 = time.perf_counter()
     try:
@@ -175,60 +196,47 @@ def main(args: argparse.Namespace) -> int:
         n = discard_runs(specs, out)
         print(f"analogpipe reproduce: --overwrite: deleted {n} earlier run(s) with these "
               "settings", file=sys.stderr, flush=True)
+    # the plan and its rules are on disk before the first run starts
     atomic_write(out / "reproduce.json", json.dumps(
-        {"settings": s.to_dict(), "argv": sys.argv, "workers": workers,
-         "runs": [sp.name for sp in specs]}, indent=1, default=str) + "\n")
+        {"settings": s.to_dict(), "rules": s.rules.to_dict(), "argv": sys.argv,
+         "workers": workers, "runs": [sp.name for sp in specs]}, indent=1, default=str) + "\n")
     print(f"analogpipe reproduce: {len(specs)} runs ({'quick' if s.quick else 'full'}, "
           f"{s.dataset}, n={s.seeds} seeds, {s.epochs} epochs) on {workers} worker(s) -> {out}",
           file=sys.stderr, flush=True)
 
-    conv_file = out / "convergence.json"
-
-    def side() -> dict | None:
-        if not s.convergence:
-            return None
-        try:
-            cached = json.loads(conv_file.read_text())
-            if cached.get("steps") == s.convergence_steps and \
-                    list(cached["floors"]) == [f"{t:g}" for t in s.convergence_taus]:
-                return cached
-        except (OSError, ValueError, KeyError):
-            pass
-        t = time.perf_counter()
-        res = convergence_check(s.convergence_taus, s.convergence_steps)
-        atomic_write(conv_file, json.dumps(res) + "\n")
-        print(f"convergence check (teacher, tau {list(s.convergence_taus)}): "
-              f"{time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
-        return res
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
     import resource
 
     from analogpipe.cli import Interrupted
 
     try:
-        results, conv = run_all(specs, out, workers,
-                                log=lambda line: print(line, file=sys.stderr, flush=True),
-                                while_waiting=side)
+        # measurements that need no run (the teacher problem) go while the workers train
+        results, _ = run_all(specs, out, workers, log=log,
+                             while_waiting=lambda: measure(specs, s, out, log=log,
+                                                           independent_only=True))
+        extras = measure(specs, s, out, log=log)
     except KeyboardInterrupt as exc:
         sig = exc if isinstance(exc, Interrupted) else Interrupted()
         print(f"analogpipe reproduce: interrupted ({sig.signame}); every worker is stopped, "
               f"finished runs are kept in {out / 'runs'}: run the same command again to "
               "resume", file=sys.stderr, flush=True)
         return sig.code
+
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     me = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_total = usage.ru_utime + usage.ru_stime + me.ru_utime + me.ru_stime
     failed = [r for r in results if r.status == "failed"]
-    timing = {"wall_s": time.perf_counter() - t0,
-              "cpu_s": sum(r.cpu_s for r in results), "cpu_total_s": cpu_total,
-              "workers": workers, "trained": sum(r.status in ("done", "diverged")
-                                                 for r in results),
-              "skipped": sum(r.status == "skipped" for r in results)}
-    write_report(out, collect_rows(specs, out, s), s, timing, conv)
+    header = {**environment(), "command": " ".join(["analogpipe", *sys.argv[1:]])
+              if sys.argv and sys.argv[0].endswith("analogpipe") else " ".join(sys.argv),
+              "workers": workers, "wall_s": time.perf_counter() - t0,
+              "cpu_s": usage.ru_utime + usage.ru_stime + me.ru_utime + me.ru_stime,
+              "trained": sum(r.status in ("done", "diverged") for r in results),
+              "reused": sum(r.status == "skipped" for r in results), "failed": len(failed)}
+    write_report(out, specs, s, header, extras)
     wall = time.perf_counter() - t0
     print(f"wrote {out / 'report.md'}, {out / 'results.csv'}: wall {wall:.1f}s, CPU "
-          f"{cpu_total:.1f}s (process tree), {timing['cpu_s']:.1f}s in training runs",
-          flush=True)
+          f"{header['cpu_s']:.1f}s (process tree)", flush=True)
     if failed:
         for r in failed:
             print(f"analogpipe reproduce: run {r.name} failed: {r.message}", file=sys.stderr)

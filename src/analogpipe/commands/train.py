@@ -77,9 +77,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     pipe.add_argument("--batch-size", type=int, default=None,
                       help="mini-batch size; sets B = batch-size / b (a multiple of b; "
                            "default: B * b)")
-    pipe.add_argument("--partition", dest="partition_metric", default="params",
+    pipe.add_argument("--partition", dest="partition_metric", default="aimc",
                       choices=PARTITION_METRICS,
-                      help="what stages balance: parameters, MACs or AIMC time")
+                      help="what stages balance: AIMC time (the cost model's), parameters or "
+                           "MACs")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=10, help="epochs to train (>= 1)")
     opt.add_argument("--lr", type=float, default=0.1, help="learning rate (> 0)")
@@ -99,6 +100,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      help="saturation level: weights live in [-tau, tau] (> 0)")
     dev.add_argument("--dw-min", type=float, default=0.001,
                      help="weight change of one pulse at w = 0 (> 0)")
+    dev.add_argument("--omega", type=float, default=None,
+                     help="mapping: each output row's largest |w| is programmed at omega "
+                          "(conductance units, 0 < omega <= tau; default: tau / 2)")
     dev.add_argument("--io-bits", type=int, default=8,
                      help="DAC/ADC bits: 0 (perfect periphery) or >= 2")
     dev.add_argument("--out-noise", type=float, default=0.005,
@@ -157,7 +161,8 @@ CONFIG_FIELDS = ("dataset", "data_dir", "subset", "model", "width", "depth", "in
                  "stages",
                  "microbatches", "micro_batch_size", "batch_size", "epochs", "lr",
                  "lr_milestones", "lr_gamma", "momentum", "weight_decay", "device_model", "tau",
-                 "dw_min", "io_bits", "out_noise", "update", "granularity", "partition_metric",
+                 "dw_min", "omega", "io_bits", "out_noise", "update", "granularity",
+                 "partition_metric",
                  "seed", "device", "algorithm", "tt_gamma", "transfer_every",
                  "n_reads_per_transfer", "transfer_lr", "fast_lr", "fast_reference",
                  "delay_compensation", "pipemare_warmup_epochs")

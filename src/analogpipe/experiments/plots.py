@@ -1,7 +1,8 @@
-"""Figures of the report, drawn from results.csv only (matplotlib, Agg backend).
+"""Figures of the report, drawn from each group's analysis data only (matplotlib, Agg).
 
-Plots never train or touch run folders: rebuilding the figures needs nothing but the CSV
-(and convergence.csv for the optional convergence check).
+Readability rules: every series has its own marker and line style, series that share x values
+are offset horizontally by a small stated amount so that none hides another, ticks sit at the
+swept values, axes carry units, the seed count is in the title and diverged runs are marked.
 """
 
 from __future__ import annotations
@@ -16,145 +17,201 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analogpipe.experiments.paper import Settings  # noqa: E402
+from analogpipe.experiments.analysis import atomic_write  # noqa: E402
+from analogpipe.experiments.plan import Settings  # noqa: E402
+from analogpipe.experiments.stats import Interval  # noqa: E402
 
-COLORS = {"digital": "black", "wop": "tab:blue", "sp": "tab:orange", "ap": "tab:green"}
-LABELS = {"digital": "digital SGD", "wop": "analog WOP", "sp": "analog SP", "ap": "analog AP"}
+STYLE = {  # color, marker, line style
+    "digital": ("black", "s", "-"), "sp": ("tab:orange", "^", "--"),
+    "ap_same": ("tab:green", "o", "-"), "ap_scaled": ("tab:purple", "D", ":"),
+    "wop": ("tab:blue", "v", "-."),
+}
 
 
-def _save(fig: Any, path: Path) -> None:
-    """PNG via a buffer, then an atomic replace."""
-    from analogpipe.experiments.report import atomic_write
-
+def _save(fig: Any, path: Path) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write(path, buf.getvalue())
+    return path.name
 
 
-def _band(ax: Any, x: list[float], stats: list[Any], scheme: str, label: str) -> None:
-    mean = [st.mean for st in stats]
-    ax.plot(x, mean, marker="o", ms=3, color=COLORS.get(scheme), label=label)
-    if any(st.n > 1 for st in stats):
-        ax.fill_between(x, [st.mean - st.std for st in stats],
-                        [st.mean + st.std for st in stats], color=COLORS.get(scheme), alpha=0.2)
+def _err(iv: Interval) -> tuple[float, float]:
+    if not iv.defined:
+        return 0.0, 0.0
+    return iv.mean - iv.lo, iv.hi - iv.mean
 
 
-def make_figures(results_csv: str | Path, out: str | Path, s: Settings,
-                 conv: dict[str, Any] | None = None) -> dict[str, str]:
-    """Write the PNGs next to the report; returns {figure key: relative path}."""
-    from analogpipe.experiments.report import analyse, read_results
+def _errorbar(ax: Any, xs: list[float], ivs: list[Interval], *, color: str, marker: str,
+              ls: str, label: str, scale: float = 1.0) -> None:
+    ys = [iv.mean * scale for iv in ivs]
+    lo = [_err(iv)[0] * scale for iv in ivs]
+    hi = [_err(iv)[1] * scale for iv in ivs]
+    ax.errorbar(xs, ys, yerr=[lo, hi], color=color, marker=marker, ls=ls, capsize=3, ms=5,
+                label=label)
 
-    out = Path(out)
-    rows = read_results(results_csv)
-    a = analyse(rows, s)
-    figs: dict[str, str] = {}
-    n = s.seeds
-    M = s.acc_stages
 
-    if a["acc"]:
-        for key, xkey, xlabel in (("acc_epoch", "epoch", "epoch"),
-                                  ("acc_cycles", "cycles", "clock cycles (t_f = t_b = 1/M)")):
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for scheme, d in a["acc"].items():
-                c = d["curve"]
-                _band(ax, [p[xkey] for p in c], [p["acc"] for p in c], scheme,
-                      f"{LABELS[scheme]}" + ("" if scheme == "digital" else f" (M={M})"))
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("test accuracy")
-            ax.set_title(f"{s.dataset}: mean ± std over n={n} seeds")
-            ax.grid(alpha=0.3)
-            ax.legend()
-            name = f"fig_{key}.png"
-            _save(fig, out / name)
-            figs[key] = name
-
-    sp = a["speedup"]
-    if sp["rows"]:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        ax = axes[0]
-        Ms = sorted({r["M"] for r in sp["rows"]})
-        ax.plot(Ms, Ms, ls=":", color="gray", label="ideal (= M)")
-        for scheme in ("sp", "ap"):
-            rs = [r for r in sp["rows"] if r["scheme"] == scheme]
-            if not rs:
-                continue
-            xs = [r["M"] for r in rs]
-            ax.errorbar(xs, [r["speedup"].mean for r in rs], yerr=[r["speedup"].std for r in rs],
-                        marker="o", capsize=3, color=COLORS[scheme],
-                        label=f"{LABELS[scheme]} measured")
-            ax.plot(xs, [r["cf_speedup"] for r in rs], ls="--", color=COLORS[scheme],
-                    label=f"{LABELS[scheme]} closed form")
-        ax.set_xlabel("stages M")
-        ax.set_ylabel(f"speedup over WOP in cycles to {sp['target']:.0%}")
-        ax.set_xticks(Ms)
+def staleness(a: dict, s: Settings, out: Path) -> dict[str, str]:
+    rows = a["rows"]
+    Ms = [x["M"] for x in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    _errorbar(axes[0], Ms, [Interval.from_dict(x["acc"]) for x in rows], color="tab:green",
+              marker="o", ls="-", label="AP(M)", scale=100)
+    _errorbar(axes[1], Ms, [Interval.from_dict(x["samples"]) for x in rows], color="tab:green",
+              marker="o", ls="-", label="AP(M)")
+    for x in rows:
+        note = f"{x['diverged']} div." if x["diverged"] else ""
+        if x["reached"] < x["n"]:
+            note += f" {x['n'] - x['reached']} not reached"
+        if note:
+            axes[1].annotate(note.strip(), (x["M"], Interval.from_dict(x["samples"]).mean or 0),
+                             fontsize=7, xytext=(4, 4), textcoords="offset points")
+    base = rows[0]
+    m = s.rules.acc_margin * 100
+    b_acc = Interval.from_dict(base["acc"]).mean * 100
+    axes[0].axhspan(b_acc - m, b_acc + m, color="gray", alpha=0.15,
+                    label=f"AP({base['M']}) ± {m:g} points (equivalence margin)")
+    b_s = Interval.from_dict(base["samples"]).mean
+    r = s.rules.samples_ratio
+    axes[1].axhspan(b_s / r, b_s * r, color="gray", alpha=0.15,
+                    label=f"AP({base['M']}) x [1/{r:g}, {r:g}] (equivalence margin)")
+    axes[0].set_ylabel("final test accuracy (%)")
+    axes[1].set_ylabel(f"samples to target {a['target']['target']:.3f} (training samples)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(Ms, [str(m) for m in Ms])
+        ax.set_xlabel("pipeline stages M")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax = axes[1]
-        for scheme in ("sp", "ap"):
-            rs = [r for r in sp["rows"] if r["scheme"] == scheme]
-            if rs:
-                ax.errorbar([r["M"] for r in rs], [r["samples"].mean for r in rs],
-                            yerr=[r["samples"].std for r in rs], marker="o", capsize=3,
-                            color=COLORS[scheme], label=LABELS[scheme])
-        if sp["wop_samples"].n:
-            ax.axhline(sp["wop_samples"].mean, color=COLORS["wop"], ls="--", label="analog WOP")
-        ax.set_xlabel("stages M")
-        ax.set_ylabel(f"samples to {sp['target']:.0%}")
-        ax.set_xticks(Ms)
-        ax.set_ylim(bottom=0)
+    fig.suptitle(f"{s.dataset}: mean and 95% t CI over n = {s.seeds} seeds, lr {s.lr:g}")
+    return {"staleness": _save(fig, out / "fig_staleness.png")}
+
+
+def equivalence(a: dict, s: Settings, out: Path) -> dict[str, str]:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    keys = list(a["curves"])
+    off = 0.08  # epochs: series are shifted by k * off so that none hides another
+    names = {"digital": "digital SGD", "sp": "analog SP (= WOP)",
+             "ap_same": "analog AP, lr same", "ap_scaled": "analog AP, lr / B"}
+    for k_i, k in enumerate(keys):
+        pts = a["curves"][k]
+        c, m, ls = STYLE[k]
+        xs = [p["epoch"] + (k_i - (len(keys) - 1) / 2) * off for p in pts]
+        info = a["cells"][k]
+        label = names[k] + (f" ({info['diverged']} diverged)" if info["diverged"] else "")
+        _errorbar(ax, xs, [Interval.from_dict({x: p[x] for x in
+                                               ("mean", "lo", "hi", "n", "total", "sd")})
+                           for p in pts], color=c, marker=m, ls=ls, label=label, scale=100)
+    epochs = sorted({p["epoch"] for k in keys for p in a["curves"][k]})
+    ax.set_xticks(epochs)
+    ax.set_xlabel(f"epoch (series offset by {off:g} epoch each for legibility)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{s.dataset}, M = {s.acc_stages}: mean and 95% CI, n = {s.seeds} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return {"equivalence": _save(fig, out / "fig_equivalence.png")}
+
+
+def speedup(a: dict, s: Settings, out: Path) -> dict[str, str]:
+    rows = a["rows"]
+    Ms = [x["M"] for x in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(Ms, [x["ideal"] for x in rows], color="gray", ls=":", marker="x",
+            label="ideal: M x density")
+    ax.plot(Ms, [s.rules.near_linear * x["ideal"] for x in rows], color="gray", ls="--", lw=0.8,
+            label=f"near-linear threshold ({s.rules.near_linear:g} x ideal)")
+    _errorbar(ax, [m * 0.97 for m in Ms], [Interval.from_dict(x["speedup"]) for x in rows],
+              color="tab:green", marker="o", ls="-", label="AP(M)/AP(1), AIMC clock")
+    _errorbar(ax, [m * 1.03 for m in Ms],
+              [Interval.from_dict(x["speedup_balanced"]) for x in rows], color="tab:olive",
+              marker="s", ls="-.", label="AP(M)/AP(1), balanced clock")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xticks(Ms, [str(m) for m in Ms])
+    ax.set_yticks(Ms, [str(m) for m in Ms])
+    ax.set_xlabel("pipeline stages M (series offset by ±3% for legibility)")
+    ax.set_ylabel("speedup in cycles to target (x)")
+    ax.set_title(f"{s.dataset}: geometric mean and 95% CI, n = {s.seeds} seeds")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return {"speedup": _save(fig, out / "fig_speedup.png")}
+
+
+def tau(a: dict, s: Settings, out: Path) -> dict[str, str]:
+    rows = a["rows"]
+    fin = [x for x in rows if x["key"] != "ideal"]
+    taus = [x["tau"] for x in fin]
+    fig, axes = plt.subplots(1, 3, figsize=(15.5, 4.2))
+    _errorbar(axes[0], [t * 1.03 for t in taus], [Interval.from_dict(x["sat"]) for x in fin],
+              color="tab:red", marker="o", ls="-", label="max|W|/tau over training (x +3%)")
+    axes[0].plot([t * 0.97 for t in taus], [s.sweep_omega / t for t in taus], color="gray",
+                 ls=":", marker="x", label="at init, omega/tau (x -3%)")
+    axes[0].set_ylabel("max |W| / tau (fraction of range)")
+    ideal = next((x for x in rows if x["key"] == "ideal"), None)
+    for ax, key, lab, sc in ((axes[1], "loss", "final test loss (cross-entropy, nats)", 1.0),
+                             (axes[2], "acc", "final test accuracy (%)", 100.0)):
+        _errorbar(ax, taus, [Interval.from_dict(x[key]) for x in fin], color="tab:green",
+                  marker="o", ls="-", label=f"AP (M = {s.acc_stages}), soft bounds", scale=sc)
+        if ideal is not None:
+            iv = Interval.from_dict(ideal[key])
+            ax.axhline(iv.mean * sc, color="black", ls="--", label="ideal device (tau = inf)")
+            if iv.defined:
+                ax.axhspan(iv.lo * sc, iv.hi * sc, color="black", alpha=0.1)
+        ax.set_ylabel(lab)
+    for x in rows:  # diverged runs are left out of the loss: say so at the point
+        if x["diverged"]:
+            y = Interval.from_dict(x["loss"]).mean
+            at = x["tau"] if x["key"] != "ideal" else taus[-1]
+            axes[1].annotate(f"{x['key']}: {x['diverged']}/{x['n']} diverged", (at, y)
+                             if math.isfinite(y) else (0.5, 0.05), fontsize=7,
+                             xycoords="data" if math.isfinite(y) else "axes fraction",
+                             xytext=(-90 if x["key"] == "ideal" else 4, 4),
+                             textcoords="offset points", color="tab:red")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(taus, [f"{t:g}" for t in taus])
+        ax.set_xlabel("tau (device bound, conductance units)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.suptitle(f"{s.dataset}: mean ± std over n={n} seeds")
-        _save(fig, out / "fig_speedup.png")
-        figs["speedup"] = "fig_speedup.png"
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{s.dataset}: omega = {s.sweep_omega:g} fixed; mean and 95% CI, n = "
+                 f"{s.seeds} seeds")
+    return {"tau": _save(fig, out / "fig_tau.png")}
 
-    tau_rows = a["tau"]
-    if tau_rows:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for scheme in ("wop", "ap"):
-            rs = sorted((r for r in tau_rows if r["scheme"] == scheme), key=lambda r: r["tau"])
-            if not rs:
-                continue
-            xs = [r["tau"] for r in rs]
-            axes[0].errorbar(xs, [r["final"].mean for r in rs],
-                             yerr=[r["final"].std for r in rs], marker="o", capsize=3,
-                             color=COLORS[scheme], label=f"{LABELS[scheme]} (M={M})")
-            axes[1].errorbar(xs, [r["sat_mean"].mean for r in rs],
-                             yerr=[r["sat_mean"].std for r in rs], marker="o", capsize=3,
-                             color=COLORS[scheme], label=f"{LABELS[scheme]} mean")
-            axes[1].errorbar(xs, [r["sat_max"].mean for r in rs],
-                             yerr=[r["sat_max"].std for r in rs], marker="s", capsize=3, ls="--",
-                             color=COLORS[scheme], label=f"{LABELS[scheme]} max")
-        dig = [r for r in tau_rows if r["scheme"] == "digital" and r["final"].n]
-        if dig:
-            axes[0].axhline(dig[0]["final"].mean, color="black", ls="--",
-                            label="digital SGD (tau = inf)")
-        for ax, ylabel in ((axes[0], "final test accuracy"), (axes[1], "saturation |w| / tau")):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("tau")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"{s.dataset}: mean ± std over n={n} seeds")
-        _save(fig, out / "fig_tau.png")
-        figs["tau"] = "fig_tau.png"
 
-    if conv is not None and conv.get("curves"):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for tau, (ks, ek) in sorted(conv["curves"].items(), key=lambda kv: float(kv[0])):
-            ax.loglog(ks, ek, label=f"tau {float(tau):g}")
-        ks = conv["curves"][next(iter(conv["curves"]))][0]
-        ref = conv["curves"][next(iter(conv["curves"]))][1]
-        if ks and ref:
-            c0 = ref[0] * math.sqrt(ks[0])
-            ax.loglog(ks, [c0 / math.sqrt(k) for k in ks], ls=":", color="gray",
-                      label="1/sqrt(K)")
-        ax.set_xlabel("K (updates)")
-        ax.set_ylabel("E_K = mean_k ||grad f(W_k)||^2")
-        ax.set_title("teacher-student regression, analog SGD")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-        _save(fig, out / "fig_convergence.png")
-        figs["convergence"] = "fig_convergence.png"
-    return figs
+def convergence(a: dict, s: Settings, out: Path) -> dict[str, str]:
+    if not a.get("rows"):
+        return {}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    markers = "osD^v<>"
+    for i, (key, c) in enumerate(a["curves"].items()):
+        if not c["K"]:
+            continue
+        axes[0].loglog(c["K"], c["E_K"], marker=markers[i % len(markers)], ms=3,
+                       markevery=(i, 6), label=f"tau {key}")
+    K = a["curves"]["ideal"]["K"]
+    if K:
+        e0 = a["curves"]["ideal"]["E_K"][0]
+        axes[0].loglog(K, [e0 / math.sqrt(k) for k in K], color="gray", ls=":",
+                       label="1/sqrt(K) (theory's bound shape)")
+    axes[0].set_xlabel("K (updates)")
+    axes[0].set_ylabel("E_K = mean_k ||grad f(W_k)||^2 (squared loss units)")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3, which="both")
+    rows = a["rows"]
+    shape = [x["shape"] for x in rows]
+    axes[1].errorbar(shape, [Interval.from_dict(x["excess"]).mean for x in rows],
+                     yerr=[list(v) for v in zip(*[_err(Interval.from_dict(x["excess"]))
+                                                  for x in rows])],
+                     marker="o", ls="none", capsize=3, label="floor(tau) - floor(ideal)")
+    lo, hi = min(shape), max(shape)
+    axes[1].loglog([lo, hi], [a["fit"]["c"] * lo, a["fit"]["c"] * hi], color="gray", ls="--",
+                   label=f"fit c x shape, c = {a['fit']['c']:.3g}")
+    for x in rows:
+        axes[1].annotate(f"tau {x['tau']:g}", (x["shape"], Interval.from_dict(x["excess"]).mean),
+                         fontsize=7, xytext=(4, -10), textcoords="offset points")
+    axes[1].set_xlabel("W_max^2 / (tau^2 - W_max^2) (dimensionless, W_max measured)")
+    axes[1].set_ylabel("floor excess over the ideal device (squared loss units)")
+    axes[1].legend(fontsize=7)
+    axes[1].grid(alpha=0.3, which="both")
+    fig.suptitle(f"teacher problem: mean over n = {s.seeds} seeds (CI on the right)")
+    return {"convergence": _save(fig, out / "fig_convergence.png")}

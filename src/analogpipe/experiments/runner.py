@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analogpipe.experiments.paper import RunSpec
+from analogpipe.experiments.plan import RunSpec
 from analogpipe.train.config import TrainConfig
 
 STATUS_FILE = "reproduce.json"
@@ -133,7 +133,7 @@ def execute(spec: RunSpec, root: str) -> RunResult:
         out.mkdir(parents=True, exist_ok=True)
         _atomic_json(out / STATUS_FILE, {
             "name": spec.name, "config": _canonical(spec.config), "init": spec.init,
-            "experiments": spec.experiments, "status": status, "message": message,
+            "experiments": spec.groups, "status": status, "message": message,
             "wall_s": wall, "cpu_s": cpu, "final_acc": final, "epochs_done": len(hist)})
     return RunResult(spec.name, status, wall, cpu, final, message)
 
@@ -249,71 +249,3 @@ def run_all(specs: Iterable[RunSpec], root: str | Path, workers: int,
     pool.shutdown(wait=True)
     sys.stdout.flush()
     return results, side
-
-
-def convergence_check(taus: Iterable[float], steps: int, *, seed: int = 0, lr: float = 0.05,
-                      batch: int = 8) -> dict[str, Any]:
-    """SPEC section 6 on the teacher-student regression: E_K = (1/K) sum_k ||grad f(W_k)||^2.
-
-    One analog linear layer (soft bounds at tau, expected update per micro-batch: the theory's
-    model; perfect IO so the only imperfection is the asymmetric update), W_0 = 0, analog SGD
-    on micro-batches of `batch`. The full-batch training gradient is measured before every
-    update. The floor is the mean of ||grad f(W_k)||^2 over the last quarter of the steps.
-    """
-    import torch
-
-    from analogpipe.data import load_dataset
-    from analogpipe.devices import DeviceConfig
-    from analogpipe.nn.layers import AnalogLinear
-    from analogpipe.optim import AnalogSGD
-    from analogpipe.tiles import IOConfig, MappingConfig, TileConfig, UpdateConfig
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = load_dataset("teacher", seed=seed)
-        X, Y = data.train_x, data.train_y
-        n, d_in = X.shape
-        d_out = Y.shape[1]
-        curves: dict[str, tuple[list[int], list[float]]] = {}
-        floors: dict[str, float] = {}
-        ek_end: dict[str, float] = {}
-        sat: dict[str, float] = {}
-        for tau in taus:
-            cfg = TileConfig(
-                device=DeviceConfig(name="softbounds", w_max=tau, w_min=-tau),
-                forward=IOConfig.perfect(), backward=IOConfig.perfect(),
-                update=UpdateConfig(mode="expected", granularity="microbatch"),
-                mapping=MappingConfig())
-            layer = AnalogLinear(d_in, d_out, bias=False, config=cfg, seed=seed)
-            layer.tile.set_weights(torch.zeros(d_out, d_in))
-            opt = AnalogSGD(layer, lr=lr)
-            gen = torch.Generator().manual_seed(seed + 1)
-            sq: list[float] = []
-            max_sat = 0.0
-            for _ in range(steps):
-                with torch.no_grad():
-                    W = layer.tile.get_weights()
-                    grad = (2.0 / (n * d_out)) * (X @ W.T - Y).T @ X  # of mean((XW^T - Y)^2)
-                    sq.append(float((grad ** 2).sum()))
-                idx = torch.randint(n, (batch,), generator=gen)
-                loss = torch.nn.functional.mse_loss(layer(X[idx]), Y[idx])
-                loss.backward()
-                opt.step()
-                opt.zero_grad()
-                max_sat = max(max_sat, float(layer.tile.saturation().abs().max()))
-            cum, ks, ek = 0.0, [], []
-            for k, v in enumerate(sq, start=1):
-                cum += v
-                if k == 1 or k == steps or (k & (k - 1)) == 0 or k % max(steps // 50, 1) == 0:
-                    ks.append(k)
-                    ek.append(cum / k)
-            key = f"{tau:g}"
-            curves[key] = (ks, ek)
-            floors[key] = sum(sq[-(steps // 4 or 1):]) / (steps // 4 or 1)
-            ek_end[key] = cum / steps
-            sat[key] = max_sat
-    finally:
-        torch.set_num_threads(threads)
-    return {"curves": curves, "floors": floors, "ek_end": ek_end, "sat": sat, "lr": lr,
-            "batch": batch, "steps": steps}

@@ -1,6 +1,6 @@
 """The crossbar periphery: DAC/ADC quantization, noise management, output noise and bounds.
 
-Conventions follow aihwkit's `IOParameters` (see shared/reference/aihwkit-semantics.md):
+Conventions follow aihwkit's `IOParameters` (docs/physics.md lists where analogpipe differs):
 a resolution r in (0, 1) gives a quantization step r * 2 * bound, r <= 0 disables it; Q rounds
 half to even; output noise is added in normalized units before the ADC, then the output is
 quantized and clipped. Differences from aihwkit: no iterative bound management (outputs that hit

@@ -2,9 +2,12 @@
 
 On a crossbar one matrix-vector multiply (MVM) takes the same time whatever the array size,
 so a linear layer costs 1 MVM per sample and a conv layer one MVM per output pixel per
-sample. The backward runs the transposed MVMs on the same array, then the analog update
-applies one rank-one outer product per MVM as a pulse train of ``bl`` slots: its time grows
-with BL, not with the array size. Transfers between accelerators cost per activation element.
+sample. The backward runs the transposed MVMs on the same array (except the network's input
+layer: nothing needs the error of the input data), then the analog update applies one rank-one
+outer product per MVM as a pulse train of ``bl`` slots: its time grows with BL, not with the
+array size. With update BL management the train length adapts to each sample, so ``bl`` is a
+mean (``analogpipe.experiments.clock.mean_pulse_train_length`` measures it on a model).
+Transfers between accelerators cost per activation element.
 
 Tiling: a layer larger than one crossbar (default 512 x 512, like aihwkit's
 ``max_input_size``/``max_output_size``) is split into ceil(in/512) * ceil(out/512) tiles that
@@ -70,12 +73,13 @@ class AimcCosts:
     visibly lengthens the backward. ``t_transfer`` is per activation element moved between
     stages (default 1e-3: a link moves 1000 elements in one MVM time, so transfers matter for
     big conv activations but do not dominate), ``t_digital`` per output element for digital
-    work (BatchNorm, bias, output scales; default 0).
+    work (BatchNorm, bias, output scales; default 0). ``bl`` is the mean pulse-train length
+    per update (a float >= 1: with BL management it is a measured mean, not always 31).
     """
 
     t_mvm: float = 1.0
     t_pulse: float = 1.0 / 31.0
-    bl: int = 31
+    bl: float = 31
     t_transfer: float = 0.001
     t_digital: float = 0.0
     max_input_size: int = 512
@@ -86,7 +90,9 @@ class AimcCosts:
             v = getattr(self, f)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"AimcCosts.{f}={v!r}: must be finite and >= 0")
-        for f in ("bl", "max_input_size", "max_output_size"):
+        if not (math.isfinite(self.bl) and self.bl >= 1):
+            raise ValueError(f"AimcCosts.bl={self.bl!r}: must be a finite number >= 1")
+        for f in ("max_input_size", "max_output_size"):
             if getattr(self, f) < 1:
                 raise ValueError(f"AimcCosts.{f}={getattr(self, f)!r}: must be an integer >= 1")
 
@@ -100,13 +106,19 @@ def num_tiles(layer: LayerSpec, aimc: AimcCosts | None = None) -> int:
 
 
 def layer_times(layer: LayerSpec, micro_batch_size: int,
-                aimc: AimcCosts | None = None) -> tuple[float, float]:
-    """(forward, backward-with-update) time of one layer for one micro-batch."""
+                aimc: AimcCosts | None = None, *, input_layer: bool = False
+                ) -> tuple[float, float]:
+    """(forward, backward-with-update) time of one layer for one micro-batch.
+
+    ``input_layer``: the network's first layer, whose backward needs no transposed MVM (the
+    error of the input data is never used): only its update is charged.
+    """
     aimc = aimc or AimcCosts()
     mvms = layer.mvms_per_sample * micro_batch_size
     digital = layer.out_elements_per_sample * micro_batch_size * aimc.t_digital
     t_f = mvms * aimc.t_mvm + digital
-    t_b = mvms * aimc.t_mvm + mvms * aimc.bl * aimc.t_pulse + digital
+    transposed = 0.0 if input_layer else mvms * aimc.t_mvm
+    t_b = transposed + mvms * aimc.bl * aimc.t_pulse + digital
     t_b += layer.transfer_reads * (aimc.t_mvm + aimc.bl * aimc.t_pulse)  # Tiki-Taka transfers
     return t_f, t_b
 
@@ -155,13 +167,15 @@ def stage_costs(
     *,
     block_order: Sequence[str] | None = None,
     block_out_elements: Mapping[str, int] | None = None,
+    first_is_input: bool = True,
 ) -> Costs:
     """Per-stage ``Costs`` of a partitioned model on the AIMC model.
 
     ``stages``: a block -> stage mapping, or one group per stage of block names or block
     indices (the output of ``partition``; indices refer to ``block_order``, by default the
     order in which blocks first appear in ``layers``). Forward = sum of the stage's layers'
-    MVM time; backward = the transposed MVMs plus one ``bl``-slot pulse train per MVM;
+    MVM time; backward = the transposed MVMs (none for ``layers[0]`` when ``first_is_input``:
+    the network's input layer) plus one ``bl``-slot pulse train per MVM;
     transfer after stage s = the activation elements leaving it (its last layer's output, or
     ``block_out_elements`` of its last block when given) * micro-batch size * t_transfer.
     """
@@ -171,9 +185,9 @@ def stage_costs(
     mapping, order, M = _stage_of_blocks(layers, stages, block_order)
     t_f, t_b = [0.0] * M, [0.0] * M
     last_out: list[int | None] = [None] * M
-    for layer in layers:
+    for i, layer in enumerate(layers):
         s = mapping[layer.block]
-        f, b = layer_times(layer, micro_batch_size, aimc)
+        f, b = layer_times(layer, micro_batch_size, aimc, input_layer=first_is_input and i == 0)
         t_f[s] += f
         t_b[s] += b
         last_out[s] = layer.out_elements_per_sample

@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     device_model: str = "softbounds"
     tau: float = 0.8
+    omega: float | None = None  # mapping scale (conductance units); None: tau / 2 (ideal: none)
     dw_min: float = 0.001
     io_bits: int = 8
     out_noise: float = 0.005
@@ -58,7 +59,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     augment: bool | None = None  # None: on for CIFAR
-    partition_metric: str = "params"
+    partition_metric: str = "aimc"
     t_f: float = 1.0
     t_b: float = 1.0
     eval_batch_size: int = 500
@@ -111,6 +112,8 @@ class TrainConfig:
         check(self.partition_metric in PARTITION_METRICS, "partition_metric",
               self.partition_metric, f"one of {PARTITION_METRICS}")
         check(self.subset is None or self.subset >= 1, "subset", self.subset, "None or >= 1")
+        check(self.omega is None or (self.omega > 0 and math.isfinite(self.omega)), "omega",
+              self.omega, "None (tau / 2) or a finite value > 0, at most tau")
         check(self.t_f > 0 and self.t_b > 0, "t_f/t_b", (self.t_f, self.t_b), "values > 0")
         check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"one of {ALGORITHMS}")
         check(self.algorithm == "analog-sgd" or self.analog, "algorithm", self.algorithm,
@@ -151,9 +154,12 @@ class TrainConfig:
         else:
             io = IOConfig(inp_res=res_for_bits(self.io_bits), out_res=res_for_bits(self.io_bits),
                           out_noise=self.out_noise)
-        ideal_map = self.device_model == "ideal"
+        # the ideal device keeps its weights unmapped unless a mapping is asked for (omega):
+        # then it is the tau -> inf end of a sweep with the same mapping and IO
+        ideal_map = self.device_model == "ideal" and self.omega is None
+        omega = self.omega if self.omega is not None else self.tau / 2
         update = UpdateConfig(mode=self.update, granularity=self.granularity)
-        mapping = MappingConfig(weight_scaling_omega=None if ideal_map else self.tau / 2,
+        mapping = MappingConfig(weight_scaling_omega=None if ideal_map else omega,
                                 learn_out_scaling=self.learn_out_scaling and not ideal_map)
         if self.algorithm == "tiki-taka":
             return TransferCompoundConfig(
