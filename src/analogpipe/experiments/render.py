@@ -89,7 +89,7 @@ def render(header: dict[str, Any], s: Settings, groups: list[Group],
           "loss, samples, balanced-clock cycles, saturation).",
           "- `analysis.json`: every number of this report; `measurements.json`: the in-process "
           "measurements (pulse-train lengths, teacher problem).",
-          "- `runs/<name>/`: each run's run.json (resolved settings, partition), "
+          "- `runs/<name>-<settings hash>/`: each run's run.json (resolved settings, partition), "
           "metrics.jsonl, checkpoint.pt, reproduce.json.",
           "- Method and theory: `docs/reproduction.md` of the analogpipe repository.", ""]
     return "\n".join(L)
