@@ -233,10 +233,10 @@ def test_mean_pulse_train_length_follows_bl_management() -> None:
     s = quick_settings(subset=256, width=8, pipe_width=8)
     cfg = config(s, scheme="ap", stages=1, seed=0, pipe=True)
     assert mean_pulse_train_length(cfg, lr=1e-9) == 1.0  # ceil(k) = 1 for tiny updates
-    # capped at desired_bl (a sample whose error is exactly 0 in a layer, e.g. behind dead
-    # ReLUs, still gets the minimum train of 1)
+    # capped at desired_bl = 31 (a sample whose error is exactly 0 in a layer, e.g. behind
+    # dead ReLUs, keeps the minimum train of 1: a few percent of (sample, layer) pairs here)
     big = mean_pulse_train_length(cfg, lr=1e6)
-    assert 30.0 < big <= 31.0
+    assert 28.0 < big <= 31.0
     mid = mean_pulse_train_length(cfg)
     assert 1.0 < mid < big
 

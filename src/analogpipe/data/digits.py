@@ -7,26 +7,33 @@ import torch
 
 from .loader import Dataset
 
-TEST_FRACTION = 0.2
+FOLDS = 5  # test fraction 1/5
 
 
-def load_digits_dataset(seed: int = 0, test_fraction: float = TEST_FRACTION) -> Dataset:
-    """Digits as (1, 8, 8) images with a seeded stratified train/test split.
+def load_digits_dataset(seed: int = 0, folds: int = FOLDS) -> Dataset:
+    """Digits as (1, 8, 8) images, split by stratified k-fold cross-validation.
 
-    Pixels 0..16 are scaled to [0, 1], then normalised with the training split's mean/std
-    (computed on train only, so the test set leaks nothing).
+    The 1797 images are partitioned into `folds` stratified folds (shuffled with
+    random_state = seed // folds); seed s tests on fold s % folds and trains on the rest. So
+    seeds 0..folds-1 evaluate on every image exactly once (k-fold), and further seeds repeat
+    that with another partition. Pixels 0..16 are scaled to [0, 1], then normalised with the
+    training split's mean/std (computed on train only, so the test set leaks nothing).
+    Raises ValueError for folds < 2 or a negative seed.
     """
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import StratifiedKFold
 
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 for the digits split, got {seed}")
     raw = load_digits()
     images = raw.data.astype(np.float32) / 16.0  # (1797, 64)
     labels = raw.target.astype(np.int64)
-    train_x, test_x, train_y, test_y = train_test_split(
-        images, labels, test_size=test_fraction, random_state=seed, stratify=labels
-    )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed // folds)
+    train_idx, test_idx = list(splitter.split(images, labels))[seed % folds]
+    train_x, test_x = images[train_idx], images[test_idx]
+    train_y, test_y = labels[train_idx], labels[test_idx]
     mean = float(train_x.mean())
     std = float(train_x.std())
 

@@ -37,9 +37,10 @@ def _header(h: dict[str, Any], s: Settings) -> list[str]:
         f"- Seeds: n = {s.seeds} per cell (seeds 0..{s.seeds - 1}). A seed fixes the data "
         f"split, the initial weights, the micro-batch order and every noise stream; every "
         f"scheme sees the same ones, so comparisons are paired by seed."
-        + (" Evaluation data: each seed draws its own stratified 80/20 split of the 1797 "
-           "digits (360 test images), so the n seeds evaluate on n different held-out sets "
-           "(repeated random held-out validation)." if s.dataset == "digits" else
+        + (" Evaluation data: stratified 5-fold cross-validation of the 1797 digits: seed s "
+           "tests on fold s mod 5 (359 or 360 images) and trains on the other four, so seeds "
+           "0..4 evaluate every image exactly once (further seeds use another partition)."
+           if s.dataset == "digits" else
            " Evaluation data: the full 10000-image test set."),
         "- Statistics: mean with a two-sided 95% Student-t interval over seeds (scipy.stats); "
         "differences are paired by seed; ratios are geometric means with the t interval of "
