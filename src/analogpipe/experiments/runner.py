@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from analogpipe.experiments.plan import RunSpec
+from analogpipe.pipeline.launch import terminate_processes
 from analogpipe.train.config import TrainConfig
 
 STATUS_FILE = "reproduce.json"
@@ -164,16 +165,7 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 3.0) -> None:
     if not procs:  # fallback if the executor's internals change
         procs = multiprocessing.active_children()
     pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    end = time.monotonic() + grace_s
-    for p in procs:
-        p.join(timeout=max(0.0, end - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=5.0)
+    terminate_processes(procs, grace_s, close=False)  # the pool still owns them
 
 
 def discard_runs(specs: Iterable[RunSpec], root: str | Path) -> int:

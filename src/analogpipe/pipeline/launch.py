@@ -263,7 +263,7 @@ def launch_local(worker: Worker, world_size: int, args: Any = None, *, timeout_s
             if failures and first_failure is None:
                 first_failure = time.monotonic()
     finally:
-        _terminate(procs)
+        terminate_processes(procs)
         for r in readers:
             r.close()
 
@@ -277,8 +277,9 @@ def launch_local(worker: Worker, world_size: int, args: Any = None, *, timeout_s
     raise WorkerFailed(root.rank, root.cause, root.details, others, pids, cleanup_s)
 
 
-def _terminate(procs: list[Any], grace_s: float = 3.0) -> None:
-    """SIGTERM the living children, SIGKILL what is left after `grace_s`, reap all."""
+def terminate_processes(procs: list[Any], grace_s: float = 3.0, close: bool = True) -> None:
+    """SIGTERM the living children, SIGKILL what is left after `grace_s`, reap all (and
+    release their resources with `close`)."""
     for p in procs:
         if p.is_alive():
             p.terminate()
@@ -290,7 +291,7 @@ def _terminate(procs: list[Any], grace_s: float = 3.0) -> None:
             p.kill()
             p.join(timeout=5.0)
     for p in procs:
-        if p.exitcode is not None:
+        if close and p.exitcode is not None:
             p.close()
 
 

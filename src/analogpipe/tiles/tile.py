@@ -227,15 +227,22 @@ class AnalogTile(nn.Module):
         """Program logical weights [out, in]: map rows by omega (if set) and clip to bounds."""
         check(tuple(w.shape) == (self.out_size, self.in_size), "weights shape", tuple(w.shape),
               f"{(self.out_size, self.in_size)}")
+        self.weight.copy_(self._map_rows(w))
+        clip_to_bounds(self.weight, self.device_state, self.config.device)
+
+    @torch.no_grad()
+    def _map_rows(self, w: Tensor) -> Tensor:
+        """aihwkit's weight_scaling_omega mapping of logical weights [out, in]: each row's
+        scale max|w_row| / omega goes to `out_scale` (1 for an all-zero row) and the row is
+        divided by it; without omega, w as it is. Returns conductance-unit weights (a copy)."""
         w = w.detach().to(self.weight)
         om = self.config.mapping.weight_scaling_omega
-        if om is not None:
-            row_max = w.abs().amax(dim=1)
-            scale = torch.where(row_max > 0, row_max / om, torch.ones_like(row_max))
-            self.out_scale.data.copy_(scale)
-            w = w / scale[:, None]
-        self.weight.copy_(w)
-        clip_to_bounds(self.weight, self.device_state, self.config.device)
+        if om is None:
+            return w.clone()
+        row_max = w.abs().amax(dim=1)
+        scale = torch.where(row_max > 0, row_max / om, torch.ones_like(row_max))
+        self.out_scale.data.copy_(scale)
+        return w / scale[:, None]
 
     @torch.no_grad()
     def get_weights(self) -> Tensor:

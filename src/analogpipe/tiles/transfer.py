@@ -277,14 +277,7 @@ class TransferTile(AnalogTile):
         A is set to visible 0, as aihwkit's set_weights does for a TransferCompound."""
         check(tuple(w.shape) == (self.out_size, self.in_size), "weights shape", tuple(w.shape),
               f"{(self.out_size, self.in_size)}")
-        w = w.detach().to(self.weight)
-        om = self.config.mapping.weight_scaling_omega
-        if om is not None:
-            row_max = w.abs().amax(dim=1)
-            scale = torch.where(row_max > 0, row_max / om, torch.ones_like(row_max))
-            self.out_scale.data.copy_(scale)
-            w = w / scale[:, None]
-        self.slow.set_weights(w)
+        self.slow.set_weights(self._map_rows(w))
         self._reset_fast(slice(None))
         self._reduce()
 
