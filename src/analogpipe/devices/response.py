@@ -184,6 +184,33 @@ def apply_pulses(
     return clip_to_bounds(w + inc_up - inc_down, state, cfg)
 
 
+def apply_pulse_counts_(
+    w: Tensor,
+    signed: Tensor,
+    total: Tensor,
+    state: DeviceState,
+    cfg: DeviceConfig,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """In-place `apply_pulses` from `signed = n_down - n_up` and `total = n_down + n_up`
+    (the two coincidence matmuls), bit for bit the same arithmetic; both count buffers are
+    consumed (overwritten). The tile's hot path: no copy of W, and for symmetric soft bounds
+    eleven elementwise passes in all.
+    """
+    if is_symmetric_soft_bounds(state, cfg) and cfg.dw_min_std == 0:
+        b = state.b_max
+        half_log_a = 0.5 * math.log1p(-cfg.dw_min / b)
+        # (total -/+ signed) * (log a / 2) is exactly n * log a: the halving is exact
+        e_up = torch.sub(total, signed).mul_(half_log_a).expm1_()
+        e_down = total.add_(signed).mul_(half_log_a).expm1_()
+        inc = torch.sub(w, b).mul_(e_up)
+        inc.addcmul_(e_up.copy_(w).add_(b), e_down)  # e_up's buffer now holds w + b
+        return w.add_(inc)
+    n_up = torch.sub(total, signed).mul_(0.5)
+    n_down = total.add_(signed).mul_(0.5)
+    return w.copy_(apply_pulses(w, n_up, n_down, state, cfg, generator))
+
+
 def _log1m(x: Scalarish) -> Scalarish:
     return torch.log1p(-x) if isinstance(x, Tensor) else math.log1p(-x)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from analogpipe.devices import DeviceConfig, DeviceState, apply_pulse_counts_
 from analogpipe.errors import check
 
 UPDATE_MODES = ("expected", "pulsed")
@@ -122,31 +123,144 @@ def coincidence_counts(x_bits: Tensor, d_bits: Tensor) -> tuple[Tensor, Tensor]:
     return total.sub_(signed).mul_(0.5), n_down
 
 
+def _probabilities(
+    x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`pulse_probabilities` plus which samples can fire at all (both sides nonzero)."""
+    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
+    return p_x, p_d, bl, (p_x.amax(dim=1) > 0) & (p_d.amax(dim=1) > 0)
+
+
+def _bits(u: Tensor, p: Tensor, sign: Tensor) -> tuple[Tensor, Tensor]:
+    """u: uniforms [n, T, m] (overwritten); p, sign: [n, m]. Unsigned and signed bits [n*T, m]."""
+    bits = u.lt_(p[:, None, :])  # 1.0 where u < p, in place (no bool tensor, no copy)
+    signed = bits * sign[:, None, :]
+    return bits.view(-1, u.shape[-1]), signed.view(-1, u.shape[-1])
+
+
+class _Trains:
+    """The samples that can fire, ordered so that samples with the same train length are
+    contiguous: blocks of (first row, last row, BL). Slots beyond a sample's BL are never drawn
+    (the old masked slots were silent), so the cost follows sum_s BL_s, not S * max BL."""
+
+    def __init__(self, x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig) -> None:
+        p_x, p_d, bl, active = _probabilities(x, d, lr, dw_min, cfg)
+        s_x, s_d = torch.sign(x), torch.sign(d)
+        order: Tensor | None = None
+        if not bool(active.all()):
+            order = active.nonzero().squeeze(1)
+        bl_a = bl if order is None else bl[order]
+        self.blocks: list[tuple[int, int, int]] = []
+        self.rows = 0  # sum of BL over the samples that fire
+        if bl_a.numel() == 0:
+            return
+        lo, hi = int(bl_a.min()), int(bl_a.max())
+        if lo == hi:
+            self.blocks.append((0, bl_a.numel(), lo))
+        else:
+            bl_a, perm = torch.sort(bl_a, stable=True)
+            order = perm if order is None else order[perm]
+            values, counts = torch.unique_consecutive(bl_a, return_counts=True)
+            start = 0
+            for v, c in zip(values.tolist(), counts.tolist()):
+                self.blocks.append((start, start + c, v))
+                start += c
+        if order is not None:
+            p_x, p_d, s_x, s_d = p_x[order], p_d[order], s_x[order], s_d[order]
+        self.p_x, self.p_d, self.s_x, self.s_d = p_x, p_d, s_x, s_d
+        self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
+
+    def draw(self, budget: int, generator: torch.Generator | None):
+        """Yield (X [K, in] unsigned, X signed, D [K, out] unsigned, D signed), K <= budget rows
+        worth of elements where one sample fits."""
+        n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
+        like = dict(device=self.p_x.device, dtype=self.p_x.dtype)
+        for b0, b1, t in self.blocks:
+            per = max(1, budget // (t * (n_in + n_out)))
+            for r0 in range(b0, b1, per):
+                r1 = min(b1, r0 + per)
+                u_x = torch.empty((r1 - r0, t, n_in), **like).uniform_(generator=generator)
+                u_d = torch.empty((r1 - r0, t, n_out), **like).uniform_(generator=generator)
+                xa, xs = _bits(u_x, self.p_x[r0:r1], self.s_x[r0:r1])
+                da, ds = _bits(u_d, self.p_d[r0:r1], self.s_d[r0:r1])
+                yield xa, xs, da, ds
+
+
+def signed_counts(
+    x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig,
+    generator: torch.Generator | None, sparse: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Coincidences of all samples as (signed, total, rows, cols).
+
+    signed = n_down - n_up and total = n_down + n_up (two matmuls of the bit trains). When
+    few slots are drawn and they fire on few rows / columns (`sparse`), the counts cover only
+    the submatrix W[rows][:, cols] (index tensors) and are zero elsewhere; otherwise rows and
+    cols are None and the counts are [out, in].
+    """
+    check(lr >= 0, "lr", lr, "a value >= 0")
+    n_in, n_out = x.shape[1], d.shape[1]
+    like = dict(device=x.device, dtype=x.dtype)
+    if lr == 0 or x.shape[0] == 0:
+        return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
+    trains = _Trains(x, d, lr, dw_min, cfg)
+    elements = trains.rows * (n_in + n_out)
+    if sparse and 0 < elements <= min(cfg.chunk_elements, n_in * n_out // 4):
+        parts = list(trains.draw(cfg.chunk_elements, generator))
+        xa, xs, da, ds = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
+        rows = da.amax(dim=0).nonzero().squeeze(1)
+        cols = xa.amax(dim=0).nonzero().squeeze(1)
+        if rows.numel() * cols.numel() * 2 <= n_in * n_out:
+            da, ds, xa, xs = da[:, rows], ds[:, rows], xa[:, cols], xs[:, cols]
+            return ds.t() @ xs, da.t() @ xa, rows, cols
+        parts = [(xa, xs, da, ds)]
+    else:
+        parts = trains.draw(cfg.chunk_elements, generator)
+    signed = total = None
+    for xa, xs, da, ds in parts:
+        if signed is None:
+            signed, total = ds.t() @ xs, da.t() @ xa
+        else:
+            signed.addmm_(ds.t(), xs)
+            total.addmm_(da.t(), xa)
+    if signed is None:  # nothing can fire
+        return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
+    return signed, total, None, None
+
+
 def pulse_counts(
     x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
-    """Coincidence counts of all samples, in chunks that keep the bit tensors in budget.
+    """(n_up, n_down) [out, in]: coincidence counts of all samples.
 
-    Chunks are sized from the trains' actual length (usually 1 with a batch-mean loss), so
-    most updates are a single draw and two matmuls.
+    Samples are drawn by train length (only the slots of each sample's own BL) in chunks
+    that keep the bit tensors within `cfg.chunk_elements`.
     """
-    check(lr >= 0, "lr", lr, "a value >= 0")
-    n_up = torch.zeros(d.shape[1], x.shape[1], device=x.device, dtype=x.dtype)
-    n_down = torch.zeros_like(n_up)
-    if lr == 0 or x.shape[0] == 0:
-        return n_up, n_down
-    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
-    s_x, s_d = torch.sign(x), torch.sign(d)
-    per_sample = int(bl.max()) * (x.shape[1] + d.shape[1])
-    chunk = max(1, cfg.chunk_elements // per_sample)
-    for start in range(0, x.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        xb, db = _draw(p_x[sl], p_d[sl], bl[sl], s_x[sl], s_d[sl], generator)
-        up, down = coincidence_counts(xb, db)
-        n_up += up
-        n_down += down
-    return n_up, n_down
+    signed, total, _, _ = signed_counts(x, d, lr, dw_min, cfg, generator, sparse=False)
+    n_down = total.add(signed).mul_(0.5)
+    return total.sub_(signed).mul_(0.5), n_down
+
+
+def pulsed_update_(
+    w: Tensor, x: Tensor, d: Tensor, lr: float, state: DeviceState, device: DeviceConfig,
+    cfg: UpdateConfig, generator: torch.Generator | None,
+) -> Tensor:
+    """Apply the pulse trains of rows x [S, in], d [S, out] to the conductances w [out, in]
+    in place (same physics as `apply_pulses(w, *pulse_counts(...))`).
+
+    When the pulses touch only a submatrix, only that submatrix is read and written:
+    elements without coincidences are left exactly unchanged either way.
+    """
+    signed, total, rows, cols = signed_counts(x, d, lr, device.dw_min, cfg, generator)
+    if rows is None:
+        return apply_pulse_counts_(w, signed, total, state, device, generator)
+    if rows.numel() == 0 or cols.numel() == 0:
+        return w
+    idx = (rows[:, None], cols[None, :])
+    sub_state = DeviceState(**{f: (v[idx] if isinstance(v, Tensor) else v)
+                               for f, v in vars(state).items()})
+    block = apply_pulse_counts_(w[idx], signed, total, sub_state, device, generator)
+    return w.index_put_(idx, block)
 
 
 def expected_pulse_count(x: Tensor, d: Tensor, lr: float, dw_min: float) -> Tensor:
@@ -163,4 +277,6 @@ __all__ = [
     "expected_pulse_count",
     "pulse_counts",
     "pulse_probabilities",
+    "pulsed_update_",
+    "signed_counts",
 ]
