@@ -43,6 +43,7 @@ class Row:
     target: float | None = None
     notes: str = ""
     repeats: int = 0
+    details: dict[str, Any] = field(default_factory=dict)  # per-case extras (JSON only)
     ratio: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -234,7 +235,13 @@ def format_table(rows: list[Row], machine: dict[str, Any] | None = None) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    notes = dict.fromkeys(f"[{r.group}] {r.notes}" for r in rows if r.notes)
+    notes: dict[str, None] = {}
+    for g in dict.fromkeys(r.group for r in rows):
+        texts = [r for r in rows if r.group == g and r.notes]
+        if len({r.notes for r in texts}) == 1:  # one note for the whole group
+            notes[f"[{g}] {texts[0].notes}"] = None
+        else:
+            notes.update({f"[{g}] {r.case}: {r.notes}": None for r in texts})
     if notes:
         lines.append("notes:")
         lines += [f"  {n}" for n in notes]

@@ -193,16 +193,20 @@ def apply_pulse_counts_(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """In-place `apply_pulses` from `signed = n_down - n_up` and `total = n_down + n_up`
-    (the two coincidence matmuls), bit for bit the same arithmetic; both count buffers are
-    consumed (overwritten). The tile's hot path: no copy of W, and for symmetric soft bounds
-    eleven elementwise passes in all.
+    (the two coincidence matmuls), the same closed forms; both count buffers are consumed
+    (overwritten). The tile's hot path: no copy of W. Any shape (the tile passes
+    the touched elements only, as 1-d tensors with matching state elements).
     """
-    if is_symmetric_soft_bounds(state, cfg) and cfg.dw_min_std == 0:
+    if is_symmetric_soft_bounds(state, cfg) and cfg.dw_min_std == 0 and total.numel():
+        # n pulses scale (w -/+ b) by a^n, a = 1 - dw_min / b: a^n - 1 = expm1(n log a) is
+        # looked up in a table over the counts that occur (expm1 per element is slow on CPU)
         b = state.b_max
-        half_log_a = 0.5 * math.log1p(-cfg.dw_min / b)
-        # (total -/+ signed) * (log a / 2) is exactly n * log a: the halving is exact
-        e_up = torch.sub(total, signed).mul_(half_log_a).expm1_()
-        e_down = total.add_(signed).mul_(half_log_a).expm1_()
+        n_max = int(total.max())
+        table = torch.arange(n_max + 1, device=w.device, dtype=w.dtype)
+        table.mul_(math.log1p(-cfg.dw_min / b)).expm1_()
+        # (total -/+ signed) / 2 are the integer counts n_up / n_down, exact in floating point
+        e_up = table.take(torch.sub(total, signed).mul_(0.5).to(torch.int64))
+        e_down = table.take(total.add_(signed).mul_(0.5).to(torch.int64))
         inc = torch.sub(w, b).mul_(e_up)
         inc.addcmul_(e_up.copy_(w).add_(b), e_down)  # e_up's buffer now holds w + b
         return w.add_(inc)

@@ -131,13 +131,6 @@ def _probabilities(
     return p_x, p_d, bl, (p_x.amax(dim=1) > 0) & (p_d.amax(dim=1) > 0)
 
 
-def _bits(u: Tensor, p: Tensor, sign: Tensor) -> tuple[Tensor, Tensor]:
-    """u: uniforms [n, T, m] (overwritten); p, sign: [n, m]. Unsigned and signed bits [n*T, m]."""
-    bits = u.lt_(p[:, None, :])  # 1.0 where u < p, in place (no bool tensor, no copy)
-    signed = bits * sign[:, None, :]
-    return bits.view(-1, u.shape[-1]), signed.view(-1, u.shape[-1])
-
-
 class _Trains:
     """The samples that can fire, ordered so that samples with the same train length are
     contiguous: blocks of (first row, last row, BL). Slots beyond a sample's BL are never drawn
@@ -171,19 +164,44 @@ class _Trains:
         self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
 
     def draw(self, budget: int, generator: torch.Generator | None):
-        """Yield (X [K, in] unsigned, X signed, D [K, out] unsigned, D signed), K <= budget rows
-        worth of elements where one sample fits."""
+        """Yield chunks (X [K, in] unsigned, X signed, D [K, out] unsigned, D signed) of at
+        most `budget` elements (or one sample): one pair of matmuls per chunk, however many
+        train lengths it holds."""
         n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
-        like = dict(device=self.p_x.device, dtype=self.p_x.dtype)
+        chunk: list[tuple[int, int, int]] = []
+        rows = 0
         for b0, b1, t in self.blocks:
             per = max(1, budget // (t * (n_in + n_out)))
-            for r0 in range(b0, b1, per):
-                r1 = min(b1, r0 + per)
-                u_x = torch.empty((r1 - r0, t, n_in), **like).uniform_(generator=generator)
-                u_d = torch.empty((r1 - r0, t, n_out), **like).uniform_(generator=generator)
-                xa, xs = _bits(u_x, self.p_x[r0:r1], self.s_x[r0:r1])
-                da, ds = _bits(u_d, self.p_d[r0:r1], self.s_d[r0:r1])
-                yield xa, xs, da, ds
+            r0 = b0
+            while r0 < b1:
+                room = (budget // (n_in + n_out) - rows) // t
+                if chunk and room < 1:
+                    yield self._fill(chunk, rows, generator)
+                    chunk, rows = [], 0
+                    continue
+                r1 = min(b1, r0 + max(1, min(per, room)))
+                chunk.append((r0, r1, t))
+                rows += (r1 - r0) * t
+                r0 = r1
+        if chunk:
+            yield self._fill(chunk, rows, generator)
+
+    def _fill(self, pieces: list[tuple[int, int, int]], rows: int,
+              generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
+        like = dict(device=self.p_x.device, dtype=self.p_x.dtype)
+        xa, da = torch.empty((rows, n_in), **like), torch.empty((rows, n_out), **like)
+        xs, ds = torch.empty_like(xa), torch.empty_like(da)
+        k = 0
+        for r0, r1, t in pieces:
+            n = (r1 - r0) * t
+            for bits, signed, p, sign in ((xa, xs, self.p_x, self.s_x),
+                                          (da, ds, self.p_d, self.s_d)):
+                u = bits[k:k + n].view(r1 - r0, t, -1).uniform_(generator=generator)
+                u.lt_(p[r0:r1, None, :])  # 1.0 where u < p, in place
+                torch.mul(u, sign[r0:r1, None, :], out=signed[k:k + n].view(u.shape))
+            k += n
+        return xa, xs, da, ds
 
 
 def signed_counts(
@@ -203,18 +221,20 @@ def signed_counts(
     if lr == 0 or x.shape[0] == 0:
         return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
     trains = _Trains(x, d, lr, dw_min, cfg)
-    elements = trains.rows * (n_in + n_out)
-    if sparse and 0 < elements <= min(cfg.chunk_elements, n_in * n_out // 4):
-        parts = list(trains.draw(cfg.chunk_elements, generator))
-        xa, xs, da, ds = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
+    parts = trains.draw(cfg.chunk_elements, generator)
+    if sparse and 0 < trains.rows * (n_in + n_out) <= cfg.chunk_elements:
+        # one chunk: if the trains fire on few rows / columns, count (and later update)
+        # only that submatrix
+        xa, xs, da, ds = next(parts)
         rows = da.amax(dim=0).nonzero().squeeze(1)
         cols = xa.amax(dim=0).nonzero().squeeze(1)
         if rows.numel() * cols.numel() * 2 <= n_in * n_out:
-            da, ds, xa, xs = da[:, rows], ds[:, rows], xa[:, cols], xs[:, cols]
+            if cols.numel() < n_in:
+                xa, xs = xa.index_select(1, cols), xs.index_select(1, cols)
+            if rows.numel() < n_out:
+                da, ds = da.index_select(1, rows), ds.index_select(1, rows)
             return ds.t() @ xs, da.t() @ xa, rows, cols
-        parts = [(xa, xs, da, ds)]
-    else:
-        parts = trains.draw(cfg.chunk_elements, generator)
+        parts = iter([(xa, xs, da, ds)])
     signed = total = None
     for xa, xs, da, ds in parts:
         if signed is None:
@@ -256,11 +276,31 @@ def pulsed_update_(
         return apply_pulse_counts_(w, signed, total, state, device, generator)
     if rows.numel() == 0 or cols.numel() == 0:
         return w
-    idx = (rows[:, None], cols[None, :])
-    sub_state = DeviceState(**{f: (v[idx] if isinstance(v, Tensor) else v)
+    n_out, n_in = w.shape
+    if cols.numel() == n_in:  # whole rows: row gathers are the cheap ones
+        def pick(v: Tensor) -> Tensor:
+            return v.index_select(0, rows)
+
+        def put(block: Tensor) -> None:
+            w.index_copy_(0, rows, block)
+    elif rows.numel() == n_out:
+        def pick(v: Tensor) -> Tensor:
+            return v.index_select(1, cols)
+
+        def put(block: Tensor) -> None:
+            w.index_copy_(1, cols, block)
+    else:
+        flat = (rows[:, None] * n_in + cols[None, :]).view(-1)
+
+        def pick(v: Tensor) -> Tensor:
+            return v.reshape(-1).take(flat).view(rows.numel(), cols.numel())
+
+        def put(block: Tensor) -> None:
+            w.view(-1).index_copy_(0, flat, block.view(-1))
+    sub_state = DeviceState(**{f: (pick(v) if isinstance(v, Tensor) else v)
                                for f, v in vars(state).items()})
-    block = apply_pulse_counts_(w[idx], signed, total, sub_state, device, generator)
-    return w.index_put_(idx, block)
+    put(apply_pulse_counts_(pick(w), signed, total, sub_state, device, generator))
+    return w
 
 
 def expected_pulse_count(x: Tensor, d: Tensor, lr: float, dw_min: float) -> Tensor:
