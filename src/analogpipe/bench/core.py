@@ -229,6 +229,6 @@ def bench_cases(quick: bool, device: str = "cpu", group: str = "core") -> list[R
 
 
 @register("core")
-def bench_core(quick: bool) -> list[Row]:
+def bench_core(quick: bool, device: str = "cpu") -> list[Row]:
     """Analog vs digital training step, expected and pulsed mode, every case of the table."""
-    return bench_cases(quick)
+    return bench_cases(quick, device)
