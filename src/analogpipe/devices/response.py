@@ -205,8 +205,11 @@ def apply_pulse_counts_(
         table = torch.arange(n_max + 1, device=w.device, dtype=w.dtype)
         table.mul_(math.log1p(-cfg.dw_min / b)).expm1_()
         # (total -/+ signed) / 2 are the integer counts n_up / n_down, exact in floating point
-        e_up = table.take(torch.sub(total, signed).mul_(0.5).to(torch.int64))
-        e_down = table.take(total.add_(signed).mul_(0.5).to(torch.int64))
+        def lookup(n: Tensor) -> Tensor:
+            return table.index_select(0, n.reshape(-1).to(torch.int32)).view(n.shape)
+
+        e_up = lookup(torch.sub(total, signed).mul_(0.5))
+        e_down = lookup(total.add_(signed).mul_(0.5))
         inc = torch.sub(w, b).mul_(e_up)
         inc.addcmul_(e_up.copy_(w).add_(b), e_down)  # e_up's buffer now holds w + b
         return w.add_(inc)

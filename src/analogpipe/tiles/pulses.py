@@ -162,6 +162,10 @@ class _Trains:
             p_x, p_d, s_x, s_d = p_x[order], p_d[order], s_x[order], s_d[order]
         self.p_x, self.p_d, self.s_x, self.s_d = p_x, p_d, s_x, s_d
         self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
+        # expected fraction of d bits that fire (sum_s BL_s sum_i p_d / (rows * out))
+        bl_rows = torch.cat([torch.full((b1 - b0,), float(t), device=p_d.device)
+                             for b0, b1, t in self.blocks])
+        self.d_density = float(bl_rows @ p_d.sum(dim=1)) / (self.rows * p_d.shape[1])
 
     def draw(self, budget: int, generator: torch.Generator | None):
         """Yield chunks (X [K, in] unsigned, X signed, D [K, out] unsigned, D signed) of at
@@ -204,6 +208,28 @@ class _Trains:
         return xa, xs, da, ds
 
 
+# Below this expected density of d bits, the coincidence counts are a sparse (COO) times
+# dense product over the fired d bits only: exact, and several times cheaper than the dense
+# matmuls when few outputs fire per slot (typical with large output scales).
+SPARSE_D_DENSITY = 0.05
+
+
+def _chunk_counts(xa: Tensor, xs: Tensor, da: Tensor, ds: Tensor,
+                  sparse_d: bool) -> tuple[Tensor, Tensor]:
+    """(signed, total) [out, in] of one chunk of bit rows."""
+    if not sparse_d:
+        return ds.t() @ xs, da.t() @ xa
+    slot, out = da.nonzero(as_tuple=True)
+    idx, shape = torch.stack([out, slot]), (da.shape[1], da.shape[0])
+    signs = ds[slot, out]
+    def coo(values: Tensor) -> Tensor:  # indices from nonzero(): valid by construction
+        return torch.sparse_coo_tensor(idx, values, shape, check_invariants=False)
+
+    signed = torch.sparse.mm(coo(signs), xs)
+    total = torch.sparse.mm(coo(signs.abs_()), xa)
+    return signed, total
+
+
 def signed_counts(
     x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig,
     generator: torch.Generator | None, sparse: bool = True,
@@ -233,11 +259,16 @@ def signed_counts(
                 xa, xs = xa.index_select(1, cols), xs.index_select(1, cols)
             if rows.numel() < n_out:
                 da, ds = da.index_select(1, rows), ds.index_select(1, rows)
-            return ds.t() @ xs, da.t() @ xa, rows, cols
+            return (*_chunk_counts(xa, xs, da, ds, trains.d_density < SPARSE_D_DENSITY),
+                    rows, cols)
         parts = iter([(xa, xs, da, ds)])
     signed = total = None
+    sparse_d = trains.rows > 0 and trains.d_density < SPARSE_D_DENSITY
     for xa, xs, da, ds in parts:
-        if signed is None:
+        if sparse_d:
+            sg, tt = _chunk_counts(xa, xs, da, ds, True)
+            signed, total = (sg, tt) if signed is None else (signed.add_(sg), total.add_(tt))
+        elif signed is None:
             signed, total = ds.t() @ xs, da.t() @ xa
         else:
             signed.addmm_(ds.t(), xs)
