@@ -81,7 +81,7 @@ def run_tests(device: str) -> dict:
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     if device != "cuda":
         env["ANALOGPIPE_CUDA_TESTS_DEVICE"] = "cpu"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest",
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--noconftest",
            str(ROOT / "tests" / "test_cuda.py")]
     t0 = time.perf_counter()
     try:
@@ -89,8 +89,9 @@ def run_tests(device: str) -> dict:
                              cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"rc": None, "summary": "timed out after 240 s", "wall_s": 240.0}
-    lines = [ln for ln in out.stdout.strip().splitlines() if ln.strip()]
-    summary = lines[-1] if lines else out.stderr.strip()[-200:]
+    lines = [ln for ln in out.stdout.strip().splitlines()
+             if any(w in ln for w in ("passed", "failed", "skipped", "error"))]
+    summary = lines[-1].strip("= ") if lines else (out.stdout + out.stderr).strip()[-200:]
     return {"rc": out.returncode, "summary": summary, "wall_s": time.perf_counter() - t0,
             "output_tail": (out.stdout + out.stderr)[-4000:]}
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             result["ap"].append({"update": update, "error": repr(exc)})
     result["tests"] = run_tests(args.device)
     result["wall_s"] = time.perf_counter() - t_start
-    harness.write_json(args.out, {}, [])  # create the folder atomically, then the payload
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
 
     print(harness.format_table(rows, machine))

@@ -184,6 +184,9 @@ def apply_pulses(
     return clip_to_bounds(w + inc_up - inc_down, state, cfg)
 
 
+PAIR_TABLE_MAX = 255  # largest count for the (n_up, n_down) pair table (65536 entries)
+
+
 def apply_pulse_counts_(
     w: Tensor,
     signed: Tensor,
@@ -202,8 +205,21 @@ def apply_pulse_counts_(
         # looked up in a table over the counts that occur (expm1 per element is slow on CPU)
         b = state.b_max
         n_max = int(total.max())
+        log_a = math.log1p(-cfg.dw_min / b)
+        if n_max <= PAIR_TABLE_MAX:
+            # w_new = w (1 + e_up + e_down) + b (e_down - e_up): one lookup per factor over
+            # the (n_up, n_down) pairs, index n_up (n_max + 1) + n_down, factors rounded once
+            # from float64; zero counts give factors (1, 0): w exactly unchanged
+            e = torch.arange(n_max + 1, device=w.device, dtype=torch.float64)
+            e.mul_(log_a).expm1_()
+            f_mul = (1 + e[:, None] + e[None, :]).to(w.dtype).view(-1)
+            f_add = (e[None, :] - e[:, None]).mul_(b).to(w.dtype).view(-1)
+            idx = total.mul_((n_max + 2) / 2).add_(signed, alpha=-n_max / 2)
+            idx = idx.view(-1).to(torch.int32)
+            w.mul_(f_mul.index_select(0, idx).view(w.shape))
+            return w.add_(f_add.index_select(0, idx).view(w.shape))
         table = torch.arange(n_max + 1, device=w.device, dtype=w.dtype)
-        table.mul_(math.log1p(-cfg.dw_min / b)).expm1_()
+        table.mul_(log_a).expm1_()
         # (total -/+ signed) / 2 are the integer counts n_up / n_down, exact in floating point
         def lookup(n: Tensor) -> Tensor:
             return table.index_select(0, n.reshape(-1).to(torch.int32)).view(n.shape)

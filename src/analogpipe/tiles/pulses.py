@@ -162,10 +162,18 @@ class _Trains:
             p_x, p_d, s_x, s_d = p_x[order], p_d[order], s_x[order], s_d[order]
         self.p_x, self.p_d, self.s_x, self.s_d = p_x, p_d, s_x, s_d
         self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
-        # expected fraction of d bits that fire (sum_s BL_s sum_i p_d / (rows * out))
+
+    @property
+    def d_density(self) -> float:
+        """Expected fraction of d bits that fire: sum_s BL_s sum_i p_d / (rows * out)."""
+        if self.rows == 0:
+            return 0.0
+        p_d = self.p_d
+        if len(self.blocks) == 1:
+            return float(p_d.mean())
         bl_rows = torch.cat([torch.full((b1 - b0,), float(t), device=p_d.device)
                              for b0, b1, t in self.blocks])
-        self.d_density = float(bl_rows @ p_d.sum(dim=1)) / (self.rows * p_d.shape[1])
+        return float(bl_rows @ p_d.sum(dim=1)) / (self.rows * p_d.shape[1])
 
     def draw(self, budget: int, generator: torch.Generator | None):
         """Yield chunks (X [K, in] unsigned, X signed, D [K, out] unsigned, D signed) of at
@@ -263,7 +271,7 @@ def signed_counts(
                     rows, cols)
         parts = iter([(xa, xs, da, ds)])
     signed = total = None
-    sparse_d = trains.rows > 0 and trains.d_density < SPARSE_D_DENSITY
+    sparse_d = trains.d_density < SPARSE_D_DENSITY
     for xa, xs, da, ds in parts:
         if sparse_d:
             sg, tt = _chunk_counts(xa, xs, da, ds, True)
