@@ -40,7 +40,8 @@ class UpdateConfig:
     granularity: for "expected": "sample" (bias term from sum_b |d_b| (x) |x_b|, hardware's
                  granularity) or "microbatch" (bias from |sum_b d_b (x) x_b|, the theory's model).
     desired_bl, update_bl_management, update_management: aihwkit's pulse-train settings.
-    chunk_elements: memory budget (elements) for the bit tensors of one chunk of samples.
+    chunk_elements: elements of the bit tensors drawn at once (a chunk of samples); small
+                 chunks stay in cache (1 << 18: 1 MiB per float tensor).
     """
 
     mode: str = "expected"
@@ -48,7 +49,7 @@ class UpdateConfig:
     desired_bl: int = 31
     update_bl_management: bool = True
     update_management: bool = True
-    chunk_elements: int = 1 << 24
+    chunk_elements: int = 1 << 18
 
     def __post_init__(self) -> None:
         check(self.mode in UPDATE_MODES, "update.mode", self.mode, f"one of {UPDATE_MODES}")
@@ -255,8 +256,10 @@ def signed_counts(
     if lr == 0 or x.shape[0] == 0:
         return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
     trains = _Trains(x, d, lr, dw_min, cfg)
-    parts = trains.draw(cfg.chunk_elements, generator)
-    if sparse and 0 < trains.rows * (n_in + n_out) <= cfg.chunk_elements:
+    # each chunk adds [out, in] counts: chunks of at least 4x that many bits amortize it
+    budget = max(cfg.chunk_elements, 4 * n_in * n_out)
+    if sparse and 0 < trains.rows * (n_in + n_out) <= n_in * n_out:
+        parts = trains.draw(budget, generator)
         # one chunk: if the trains fire on few rows / columns, count (and later update)
         # only that submatrix
         xa, xs, da, ds = next(parts)
@@ -270,6 +273,8 @@ def signed_counts(
             return (*_chunk_counts(xa, xs, da, ds, trains.d_density < SPARSE_D_DENSITY),
                     rows, cols)
         parts = iter([(xa, xs, da, ds)])
+    else:
+        parts = trains.draw(budget, generator)
     signed = total = None
     sparse_d = trains.d_density < SPARSE_D_DENSITY
     for xa, xs, da, ds in parts:
