@@ -192,3 +192,16 @@ def test_pulse_counts_follow_each_samples_own_train_length():
     for s in range(6):
         n = sum(pulse_counts(x[s:s + 1], d[s:s + 1], lr, dw, ucfg, gen))
         assert n.max() <= bl[s]
+
+
+def test_rows_that_cannot_fire_leave_the_weights_exactly_unchanged():
+    from analogpipe.tiles.pulses import pulsed_update_
+
+    cfg = DeviceConfig.soft_bounds(TAU)
+    state = sample_device_state(cfg, (3, 4))
+    w = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    gen = torch.Generator().manual_seed(0)
+    for x, d in [(torch.randn(5, 4), torch.zeros(5, 3)), (torch.zeros(5, 4), torch.randn(5, 3))]:
+        assert torch.equal(pulsed_update_(w.clone(), x, d, 0.1, state, cfg, UpdateConfig(), gen), w)
+        n_up, n_down = pulse_counts(x, d, 0.1, cfg.dw_min, UpdateConfig(), gen)
+        assert not n_up.any() and not n_down.any()

@@ -180,6 +180,8 @@ class _Trains:
         """Yield chunks (X [K, in] unsigned, X signed, D [K, out] unsigned, D signed) of at
         most `budget` elements (or one sample): one pair of matmuls per chunk, however many
         train lengths it holds."""
+        if self.rows == 0:  # no sample can fire
+            return
         n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
         chunk: list[tuple[int, int, int]] = []
         rows = 0
