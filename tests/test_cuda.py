@@ -36,6 +36,15 @@ pytestmark = [pytest.mark.cuda,
                                  reason="needs a CUDA device")]
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Full float32 on the GPU (cuDNN convolutions default to TF32 on Ampere and later)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def _noiseless_config(update: str = "expected") -> TileConfig:
     return TileConfig(device=DeviceConfig.soft_bounds(0.8), forward=IOConfig.perfect(),
                       backward=IOConfig.perfect(), update=UpdateConfig(mode=update),
