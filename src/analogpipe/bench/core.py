@@ -126,6 +126,8 @@ class Stepper:
     def __init__(self, model: nn.Module, opt, x: Tensor, y: Tensor, reduction: str) -> None:
         self.model, self.opt, self.x, self.y, self.reduction = model, opt, x, y, reduction
         self.phases: dict[str, list[float]] = {p: [] for p in PHASES}
+        self.steps = 0
+        self.first_nonfinite: int | None = None  # step whose loss was not finite
 
     def loss(self) -> Tensor:
         return F.cross_entropy(self.model(self.x), self.y, reduction=self.reduction)
@@ -137,6 +139,9 @@ class Stepper:
         loss = self.loss()
         _sync(dev)
         t1 = time.perf_counter()
+        self.steps += 1
+        if self.first_nonfinite is None and not torch.isfinite(loss.detach()):
+            self.first_nonfinite = self.steps
         loss.backward()
         _sync(dev)
         t2 = time.perf_counter()
@@ -183,11 +188,14 @@ def build_pair(case: Case, mode: str, seed: int = 0, device: str = "cpu"):
     return d, a
 
 
-def time_steppers(d: Stepper, a: Stepper, case: Case) -> None:
+def time_steppers(d: Stepper, a: Stepper, case: Case,
+                  before_timing: Callable[[], None] | None = None) -> None:
     """Alternate digital and analog steps (load drift hits both) after a warm-up."""
     for _ in range(case.warmup):
         d()
         a()
+    if before_timing is not None:
+        before_timing()
     for s in (d, a):
         for p in PHASES:
             s.phases[p].clear()
@@ -204,7 +212,12 @@ def bench_cases(quick: bool, device: str = "cpu", group: str = "core") -> list[R
     for case in cases(quick):
         for mode in ("expected", "pulsed"):
             d, a = build_pair(case, mode, device=device)
-            time_steppers(d, a, case)
+            bl_start: list[tuple[float, float]] = []
+            if mode == "pulsed":  # train lengths once before the timed steps (untimed step)
+                time_steppers(d, a, case,
+                              lambda a=a, out=bl_start: out.append(mean_train_length(a)))
+            else:
+                time_steppers(d, a, case)
             step_d = [sum(t) for t in zip(*(d.phases[p] for p in PHASES))]
             step_a = [sum(t) for t in zip(*(a.phases[p] for p in PHASES))]
             details = {
@@ -215,9 +228,15 @@ def bench_cases(quick: bool, device: str = "cpu", group: str = "core") -> list[R
             }
             notes = f"F/B/U ms analog {a.split_ms()}, digital {d.split_ms()}"
             if mode == "pulsed":
-                bl, at_max = mean_train_length(a)
-                details["mean_bl"], details["bl_at_max"] = bl, at_max
-                notes += f"; mean BL {bl:.2f} ({100 * at_max:.0f}% at 31)"
+                (bl0, max0), (bl, at_max) = bl_start[0], mean_train_length(a)
+                details["mean_bl"], details["bl_at_max"] = (bl0 + bl) / 2, (max0 + at_max) / 2
+                details["mean_bl_start_end"] = [bl0, bl]
+                notes += (f"; mean BL {bl0:.2f} -> {bl:.2f} over the timed steps "
+                          f"({100 * max0:.0f}% -> {100 * at_max:.0f}% at 31)")
+            for who, s in (("analog", a), ("digital", d)):
+                if s.first_nonfinite is not None:
+                    details[f"{who}_nonfinite_step"] = s.first_nonfinite
+                    notes += f"; {who} loss NOT FINITE from step {s.first_nonfinite}"
             if case.name in AIHWKIT and mode == "pulsed":
                 notes += f"; aihwkit {AIHWKIT[case.name]:g}x"
             rows.append(Row(
