@@ -112,19 +112,28 @@ def main(argv: list[str] | None = None) -> int:
     machine.update(device=args.device, smoke=args.smoke)
     result: dict = {"machine": machine}
     status = {}
-    try:
-        rows = run_core(args.device, args.smoke, args.case_budget)
-        result["rows"] = [r.to_dict() for r in rows]
-        status["core bench"] = "ok"
-    except Exception as exc:  # keep going: report what failed
-        rows, status["core bench"] = [], f"FAILED: {exc!r}"
+    rows: list[harness.Row] = []
     result["ap"] = []
-    for update in ("expected", "pulsed"):
+    result["tests"] = {"rc": None, "summary": "not run"}
+    budget = min(args.case_budget, 1.0) if args.smoke else args.case_budget
+    # SIGINT (the shell script's time limit) stops the current part; what ran is still
+    # written and summarized
+    try:
         try:
-            result["ap"].append(run_ap(args.device, args.smoke, update))
-        except Exception as exc:
-            result["ap"].append({"update": update, "error": repr(exc)})
-    result["tests"] = run_tests(args.device)
+            rows = run_core(args.device, args.smoke, budget)
+            status["core bench"] = "ok"
+        except Exception as exc:  # keep going: report what failed
+            status["core bench"] = f"FAILED: {exc!r}"
+        for update in ("expected", "pulsed"):
+            try:
+                result["ap"].append(run_ap(args.device, args.smoke, update))
+            except Exception as exc:
+                result["ap"].append({"update": update, "error": repr(exc)})
+        result["tests"] = run_tests(args.device)
+    except KeyboardInterrupt:
+        status.setdefault("core bench", "INTERRUPTED (time limit)")
+        result["interrupted"] = True
+    result["rows"] = [r.to_dict() for r in rows]
     result["wall_s"] = time.perf_counter() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CUDA tests{' (dry run on cpu)' if args.device != 'cuda' else ''}: "
           f"rc {t['rc']}, {t['summary']}")
     print(f"total {result['wall_s']:.0f} s; wrote {args.out}")
-    ok = (status["core bench"] == "ok" and t["rc"] == 0
+    ok = (status["core bench"] == "ok" and t["rc"] == 0 and len(result["ap"]) == 2
           and all(ap.get("finite") for ap in result["ap"]))
     return 0 if ok else 1
 
