@@ -75,3 +75,19 @@ def test_bench_quick_core_json(tmp_path, monkeypatch):
     assert [r["case"] for r in rows] == ["linear512 b1 expected", "linear512 b1 pulsed"]
     assert [r["target"] for r in rows] == [1.5, 3.0]
     assert all(r["baseline_s"] > 0 and r["subject_s"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_bench_device_cuda_without_cuda_is_an_error(capsys):
+    assert cli.main(["bench", "--quick", "--device", "cuda"]) == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+def test_cpu_only_groups_are_refused_on_cuda():
+    from analogpipe.bench import harness
+    from analogpipe.commands.bench import load_groups
+
+    load_groups()
+    assert harness.supports_device("core") and not harness.supports_device("dist")
+    with pytest.raises(ValueError, match="dist"):
+        harness.run(["dist"], quick=True, device="cuda")

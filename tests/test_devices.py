@@ -133,3 +133,32 @@ def test_bad_settings_are_refused_with_the_field_name():
         DeviceConfig(dw_min_std=-1)
     assert set(DEVICE_NAMES) == {"ideal", "softbounds", "constantstep", "powstep"}
     assert math.isinf(DeviceConfig(name="ideal").tau)
+
+
+def test_apply_pulse_counts_in_place_equals_apply_pulses():
+    """The tile's in-place form from (signed, total), with the pair table (small counts) and
+    the per-count table (large counts), against apply_pulses: float32 within 1e-7 of the
+    weights, untouched elements exactly unchanged; other devices bit for bit."""
+    import importlib
+
+    from analogpipe.devices import apply_pulse_counts_
+
+    response_mod = importlib.import_module("analogpipe.devices.response")
+    g = torch.Generator().manual_seed(0)
+    cfgs = [DeviceConfig.soft_bounds(0.8),
+            DeviceConfig(name="softbounds", w_max=0.6, w_min=-0.7, dw_min_dtod=0.2, up_down=0.1),
+            DeviceConfig(name="constantstep", w_max=0.8, w_min=-0.8)]
+    for cfg in cfgs:
+        state = sample_device_state(cfg, (30, 20), g)
+        for rate in (0.3, 400.0):  # pair table / per-count table
+            n_up = torch.poisson(torch.full((30, 20), rate), generator=g)
+            n_down = torch.poisson(torch.full((30, 20), rate), generator=g)
+            n_up[::4] = 0
+            n_down[::4] = 0
+            w = (torch.rand(30, 20, generator=g) - 0.5) * 0.8
+            ref = apply_pulses(w, n_up, n_down, state, cfg)
+            got = apply_pulse_counts_(w.clone(), n_down - n_up, n_down + n_up, state, cfg)
+            exact = rate > response_mod.PAIR_TABLE_MAX or cfg.name != "softbounds" \
+                or isinstance(state.b_max, torch.Tensor)
+            torch.testing.assert_close(got, ref, rtol=0, atol=0 if exact else 1e-7)
+            assert torch.equal(got[::4], w[::4])

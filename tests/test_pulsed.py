@@ -137,3 +137,71 @@ def test_pulse_counts_chunking_covers_all_samples():
     # lr*|x||d|/dw = 1 exactly: every slot of BL=1 fires with p = 1 -> one pulse per sample
     n_up, n_down = pulse_counts(x, d, 0.01, 0.01, cfg, g)
     assert torch.equal(n_down, torch.full((6, 8), 40.0)) and torch.equal(n_up, torch.zeros(6, 8))
+
+
+def _rows(seed, s, n_in, n_out, scale):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(s, n_in, generator=g) * torch.rand(s, 1, generator=g) * scale
+    d = torch.randn(s, n_out, generator=g) * torch.rand(s, 1, generator=g)
+    x[::3, ::2] = 0  # zero inputs (ReLU) and a sample that cannot fire
+    d[min(1, s - 1)] = 0 if s > 1 else d[0]
+    return x, d
+
+
+def test_submatrix_update_equals_dense_update_on_the_same_draws():
+    """The tile's path (counts on the fired rows / columns only, in place) against
+    apply_pulses on the full pulse_counts, same generator state: identical weights."""
+    from analogpipe.tiles.pulses import pulsed_update_
+
+    cfgs = [DeviceConfig(name="softbounds", dw_min=0.01, w_max=TAU, w_min=-TAU),
+            DeviceConfig(name="softbounds", dw_min=0.01, w_max=TAU, w_min=-TAU,
+                         dw_min_dtod=0.3, up_down=0.1)]
+    ucfg = UpdateConfig(mode="pulsed")
+    for cfg in cfgs:
+        state = sample_device_state(cfg, (40, 60), torch.Generator().manual_seed(5))
+        for seed, (s, scale) in enumerate([(1, 0.02), (3, 0.05), (8, 0.5), (20, 3.0)]):
+            x, d = _rows(seed, s, 60, 40, scale)
+            w = (torch.rand(40, 60, generator=torch.Generator().manual_seed(seed)) - 0.5) * 0.6
+            n_up, n_down = pulse_counts(x, d, 0.1, cfg.dw_min, ucfg,
+                                        torch.Generator().manual_seed(seed))
+            ref = apply_pulses(w, n_up, n_down, state, cfg)
+            fast = pulsed_update_(w.clone(), x, d, 0.1, state, cfg, ucfg,
+                                  torch.Generator().manual_seed(seed))
+            torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
+            assert torch.equal(fast == w, ref == w)  # the same elements are touched
+
+
+def test_pulse_counts_follow_each_samples_own_train_length():
+    """Mixed train lengths (drawn per length group): the mean coincidences equal
+    lr |d|^T |x| / dw_min and every sample's count stays within its BL_s slots."""
+    from analogpipe.tiles.pulses import expected_pulse_count
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=g) * torch.tensor([0.01, 0.1, 0.5, 1, 2, 4])[:, None]
+    d = torch.randn(6, 4, generator=g)
+    lr, dw = 0.05, 0.01
+    _, _, bl = pulse_probabilities(x, d, lr, dw, UpdateConfig())
+    assert len(set(bl.tolist())) >= 4  # several train lengths in one call
+    ucfg = UpdateConfig(mode="pulsed")
+    reps = 4000
+    gen = torch.Generator().manual_seed(0)
+    totals = torch.stack([sum(pulse_counts(x, d, lr, dw, ucfg, gen)) for _ in range(reps)])
+    mean, sem = totals.mean(0), totals.std(0) / reps**0.5
+    assert ((mean - expected_pulse_count(x, d, lr, dw)).abs() <= 5 * sem + 1e-6).all()
+    # one sample alone never exceeds its own BL coincidences per element
+    for s in range(6):
+        n = sum(pulse_counts(x[s:s + 1], d[s:s + 1], lr, dw, ucfg, gen))
+        assert n.max() <= bl[s]
+
+
+def test_rows_that_cannot_fire_leave_the_weights_exactly_unchanged():
+    from analogpipe.tiles.pulses import pulsed_update_
+
+    cfg = DeviceConfig.soft_bounds(TAU)
+    state = sample_device_state(cfg, (3, 4))
+    w = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    gen = torch.Generator().manual_seed(0)
+    for x, d in [(torch.randn(5, 4), torch.zeros(5, 3)), (torch.zeros(5, 4), torch.randn(5, 3))]:
+        assert torch.equal(pulsed_update_(w.clone(), x, d, 0.1, state, cfg, UpdateConfig(), gen), w)
+        n_up, n_down = pulse_counts(x, d, 0.1, cfg.dw_min, UpdateConfig(), gen)
+        assert not n_up.any() and not n_down.any()

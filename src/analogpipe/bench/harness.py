@@ -43,6 +43,7 @@ class Row:
     target: float | None = None
     notes: str = ""
     repeats: int = 0
+    details: dict[str, Any] = field(default_factory=dict)  # per-case extras (JSON only)
     ratio: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,19 +84,37 @@ def groups() -> list[str]:
     return list(_REGISTRY)
 
 
+def supports_device(group: str) -> bool:
+    """Whether a group takes a `device` keyword (the others run on the CPU only)."""
+    import inspect
+
+    return "device" in inspect.signature(_REGISTRY[group]).parameters
+
+
 def run(groups: list[str] | None = None, quick: bool = False,
-        progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Run the named groups (all if None) and return their rows; unknown names: KeyError."""
+        progress: Callable[[str], None] | None = None, device: str = "cpu") -> list[Row]:
+    """Run the named groups (all if None) and return their rows; unknown names: KeyError.
+
+    device: "cpu" or "cuda"; on "cuda" the default selection is the groups that support it,
+    and naming a CPU-only group is a ValueError.
+    """
+    if device != "cpu" and groups is None:
+        groups = [g for g in _REGISTRY if supports_device(g)]
     names = list(_REGISTRY) if groups is None else list(dict.fromkeys(groups))
     unknown = [g for g in names if g not in _REGISTRY]
     if unknown:
         raise KeyError(f"unknown benchmark group(s) {', '.join(unknown)}; "
                        f"available: {', '.join(_REGISTRY) or 'none'}")
+    if device != "cpu":
+        cpu_only = [g for g in names if not supports_device(g)]
+        if cpu_only:
+            raise ValueError(f"benchmark group(s) {', '.join(cpu_only)} run on the CPU only")
     rows: list[Row] = []
     for name in names:
         if progress is not None:
             progress(name)
-        rows.extend(_REGISTRY[name](quick))
+        fn = _REGISTRY[name]
+        rows.extend(fn(quick) if device == "cpu" else fn(quick, device=device))
     return rows
 
 
@@ -201,6 +220,8 @@ def machine_stamp() -> dict[str, Any]:
         "git_commit": _git_commit(),
         "platform": platform.platform(),
         "loadavg_1m": _loadavg(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda_version": torch.version.cuda,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
@@ -215,6 +236,8 @@ def _fmt_s(s: float) -> str:
 def format_table(rows: list[Row], machine: dict[str, Any] | None = None) -> str:
     """A plain-text table of the rows, headed by the machine stamp."""
     lines = []
+    if machine and machine.get("cuda_device"):
+        lines.append(f"cuda: {machine['cuda_device']} | CUDA {machine.get('cuda_version')}")
     if machine:
         lines.append(f"machine: {machine.get('cpu')} | cores {machine.get('cores')} | "
                      f"torch threads {machine.get('torch_threads')} | load(1m) "
@@ -234,7 +257,13 @@ def format_table(rows: list[Row], machine: dict[str, Any] | None = None) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    notes = dict.fromkeys(f"[{r.group}] {r.notes}" for r in rows if r.notes)
+    notes: dict[str, None] = {}
+    for g in dict.fromkeys(r.group for r in rows):
+        texts = [r for r in rows if r.group == g and r.notes]
+        if len({r.notes for r in texts}) == 1:  # one note for the whole group
+            notes[f"[{g}] {texts[0].notes}"] = None
+        else:
+            notes.update({f"[{g}] {r.case}: {r.notes}": None for r in texts})
     if notes:
         lines.append("notes:")
         lines += [f"  {n}" for n in notes]

@@ -34,6 +34,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="run only these groups (default: all registered)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch intra-op threads (default: the CPUs available)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the models run (cuda: the groups that support it, e.g. core)")
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when a row misses its target")
 
@@ -50,6 +52,18 @@ def main(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print("analogpipe bench: --threads must be >= 1", file=sys.stderr)
         return 2
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("analogpipe bench: --device cuda but torch sees no CUDA device",
+                  file=sys.stderr)
+            return 2
+        cpu_only = [g for g in args.only or [] if not harness.supports_device(g)]
+        if cpu_only:
+            print(f"analogpipe bench: group(s) {', '.join(cpu_only)} run on the CPU only "
+                  "(--device cuda)", file=sys.stderr)
+            return 2
     harness.configure_threads(args.threads)
     machine = harness.machine_stamp()
 
@@ -57,9 +71,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"running group {group!r}{' (quick)' if args.quick else ''} ...",
               file=sys.stderr, flush=True)
 
-    rows = harness.run(args.only, quick=args.quick, progress=progress)
+    rows = harness.run(args.only, quick=args.quick, progress=progress, device=args.device)
     machine["loadavg_1m_end"] = harness.machine_stamp()["loadavg_1m"]
     machine["quick"] = bool(args.quick)
+    machine["device"] = args.device
     print(harness.format_table(rows, machine))
     if args.json:
         harness.write_json(args.json, machine, rows)

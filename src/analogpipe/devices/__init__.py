@@ -9,6 +9,7 @@ action on the array, given coincidence counts).
 from analogpipe.devices.config import DEVICE_NAMES, DeviceConfig
 from analogpipe.devices.response import (
     DeviceState,
+    apply_pulse_counts_,
     apply_pulses,
     clip_to_bounds,
     expected_update,
@@ -22,6 +23,7 @@ __all__ = [
     "DEVICE_NAMES",
     "DeviceConfig",
     "DeviceState",
+    "apply_pulse_counts_",
     "apply_pulses",
     "clip_to_bounds",
     "expected_update",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from analogpipe.devices import DeviceConfig, DeviceState, apply_pulse_counts_
 from analogpipe.errors import check
 
 UPDATE_MODES = ("expected", "pulsed")
@@ -39,7 +40,8 @@ class UpdateConfig:
     granularity: for "expected": "sample" (bias term from sum_b |d_b| (x) |x_b|, hardware's
                  granularity) or "microbatch" (bias from |sum_b d_b (x) x_b|, the theory's model).
     desired_bl, update_bl_management, update_management: aihwkit's pulse-train settings.
-    chunk_elements: memory budget (elements) for the bit tensors of one chunk of samples.
+    chunk_elements: elements of the bit tensors drawn at once (a chunk of samples); small
+                 chunks stay in cache (1 << 18: 1 MiB per float tensor).
     """
 
     mode: str = "expected"
@@ -47,7 +49,7 @@ class UpdateConfig:
     desired_bl: int = 31
     update_bl_management: bool = True
     update_management: bool = True
-    chunk_elements: int = 1 << 24
+    chunk_elements: int = 1 << 18
 
     def __post_init__(self) -> None:
         check(self.mode in UPDATE_MODES, "update.mode", self.mode, f"one of {UPDATE_MODES}")
@@ -122,31 +124,229 @@ def coincidence_counts(x_bits: Tensor, d_bits: Tensor) -> tuple[Tensor, Tensor]:
     return total.sub_(signed).mul_(0.5), n_down
 
 
+def _probabilities(
+    x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`pulse_probabilities` plus which samples can fire at all (both sides nonzero)."""
+    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
+    return p_x, p_d, bl, (p_x.amax(dim=1) > 0) & (p_d.amax(dim=1) > 0)
+
+
+class _Trains:
+    """The samples that can fire, ordered so that samples with the same train length are
+    contiguous: blocks of (first row, last row, BL). Slots beyond a sample's BL are never drawn
+    (the old masked slots were silent), so the cost follows sum_s BL_s, not S * max BL."""
+
+    def __init__(self, x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig) -> None:
+        p_x, p_d, bl, active = _probabilities(x, d, lr, dw_min, cfg)
+        s_x, s_d = torch.sign(x), torch.sign(d)
+        order: Tensor | None = None
+        if not bool(active.all()):
+            order = active.nonzero().squeeze(1)
+        bl_a = bl if order is None else bl[order]
+        self.blocks: list[tuple[int, int, int]] = []
+        self.rows = 0  # sum of BL over the samples that fire
+        if bl_a.numel() == 0:
+            return
+        lo, hi = int(bl_a.min()), int(bl_a.max())
+        if lo == hi:
+            self.blocks.append((0, bl_a.numel(), lo))
+        else:
+            bl_a, perm = torch.sort(bl_a, stable=True)
+            order = perm if order is None else order[perm]
+            values, counts = torch.unique_consecutive(bl_a, return_counts=True)
+            start = 0
+            for v, c in zip(values.tolist(), counts.tolist()):
+                self.blocks.append((start, start + c, v))
+                start += c
+        if order is not None:
+            p_x, p_d, s_x, s_d = p_x[order], p_d[order], s_x[order], s_d[order]
+        self.p_x, self.p_d, self.s_x, self.s_d = p_x, p_d, s_x, s_d
+        self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
+
+    @property
+    def d_density(self) -> float:
+        """Expected fraction of d bits that fire: sum_s BL_s sum_i p_d / (rows * out)."""
+        if self.rows == 0:
+            return 0.0
+        p_d = self.p_d
+        if len(self.blocks) == 1:
+            return float(p_d.mean())
+        bl_rows = torch.cat([torch.full((b1 - b0,), float(t), device=p_d.device)
+                             for b0, b1, t in self.blocks])
+        return float(bl_rows @ p_d.sum(dim=1)) / (self.rows * p_d.shape[1])
+
+    def draw(self, budget: int, generator: torch.Generator | None):
+        """Yield chunks (X [K, in] unsigned, X signed, D [K, out] unsigned, D signed) of at
+        most `budget` elements (or one sample): one pair of matmuls per chunk, however many
+        train lengths it holds."""
+        if self.rows == 0:  # no sample can fire
+            return
+        n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
+        chunk: list[tuple[int, int, int]] = []
+        rows = 0
+        for b0, b1, t in self.blocks:
+            per = max(1, budget // (t * (n_in + n_out)))
+            r0 = b0
+            while r0 < b1:
+                room = (budget // (n_in + n_out) - rows) // t
+                if chunk and room < 1:
+                    yield self._fill(chunk, rows, generator)
+                    chunk, rows = [], 0
+                    continue
+                r1 = min(b1, r0 + max(1, min(per, room)))
+                chunk.append((r0, r1, t))
+                rows += (r1 - r0) * t
+                r0 = r1
+        if chunk:
+            yield self._fill(chunk, rows, generator)
+
+    def _fill(self, pieces: list[tuple[int, int, int]], rows: int,
+              generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
+        like = dict(device=self.p_x.device, dtype=self.p_x.dtype)
+        xa, da = torch.empty((rows, n_in), **like), torch.empty((rows, n_out), **like)
+        xs, ds = torch.empty_like(xa), torch.empty_like(da)
+        k = 0
+        for r0, r1, t in pieces:
+            n = (r1 - r0) * t
+            for bits, signed, p, sign in ((xa, xs, self.p_x, self.s_x),
+                                          (da, ds, self.p_d, self.s_d)):
+                u = bits[k:k + n].view(r1 - r0, t, -1).uniform_(generator=generator)
+                u.lt_(p[r0:r1, None, :])  # 1.0 where u < p, in place
+                torch.mul(u, sign[r0:r1, None, :], out=signed[k:k + n].view(u.shape))
+            k += n
+        return xa, xs, da, ds
+
+
+# Below this expected density of d bits, the coincidence counts are a sparse (COO) times
+# dense product over the fired d bits only: exact, and several times cheaper than the dense
+# matmuls when few outputs fire per slot (typical with large output scales).
+SPARSE_D_DENSITY = 0.05
+
+
+def _chunk_counts(xa: Tensor, xs: Tensor, da: Tensor, ds: Tensor,
+                  sparse_d: bool) -> tuple[Tensor, Tensor]:
+    """(signed, total) [out, in] of one chunk of bit rows."""
+    if not sparse_d:
+        return ds.t() @ xs, da.t() @ xa
+    slot, out = da.nonzero(as_tuple=True)
+    idx, shape = torch.stack([out, slot]), (da.shape[1], da.shape[0])
+    signs = ds[slot, out]
+    def coo(values: Tensor) -> Tensor:  # indices from nonzero(): valid by construction
+        return torch.sparse_coo_tensor(idx, values, shape, check_invariants=False)
+
+    signed = torch.sparse.mm(coo(signs), xs)
+    total = torch.sparse.mm(coo(signs.abs_()), xa)
+    return signed, total
+
+
+def signed_counts(
+    x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig,
+    generator: torch.Generator | None, sparse: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Coincidences of all samples as (signed, total, rows, cols).
+
+    signed = n_down - n_up and total = n_down + n_up (two matmuls of the bit trains). When
+    few slots are drawn and they fire on few rows / columns (`sparse`), the counts cover only
+    the submatrix W[rows][:, cols] (index tensors) and are zero elsewhere; otherwise rows and
+    cols are None and the counts are [out, in].
+    """
+    check(lr >= 0, "lr", lr, "a value >= 0")
+    n_in, n_out = x.shape[1], d.shape[1]
+    like = dict(device=x.device, dtype=x.dtype)
+    if lr == 0 or x.shape[0] == 0:
+        return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
+    trains = _Trains(x, d, lr, dw_min, cfg)
+    # each chunk adds [out, in] counts: chunks of at least 4x that many bits amortize it
+    budget = max(cfg.chunk_elements, 4 * n_in * n_out)
+    if sparse and 0 < trains.rows * (n_in + n_out) <= n_in * n_out:
+        parts = trains.draw(budget, generator)
+        # one chunk: if the trains fire on few rows / columns, count (and later update)
+        # only that submatrix
+        xa, xs, da, ds = next(parts)
+        rows = da.amax(dim=0).nonzero().squeeze(1)
+        cols = xa.amax(dim=0).nonzero().squeeze(1)
+        if rows.numel() * cols.numel() * 2 <= n_in * n_out:
+            if cols.numel() < n_in:
+                xa, xs = xa.index_select(1, cols), xs.index_select(1, cols)
+            if rows.numel() < n_out:
+                da, ds = da.index_select(1, rows), ds.index_select(1, rows)
+            return (*_chunk_counts(xa, xs, da, ds, trains.d_density < SPARSE_D_DENSITY),
+                    rows, cols)
+        parts = iter([(xa, xs, da, ds)])
+    else:
+        parts = trains.draw(budget, generator)
+    signed = total = None
+    sparse_d = trains.d_density < SPARSE_D_DENSITY
+    for xa, xs, da, ds in parts:
+        if sparse_d:
+            sg, tt = _chunk_counts(xa, xs, da, ds, True)
+            signed, total = (sg, tt) if signed is None else (signed.add_(sg), total.add_(tt))
+        elif signed is None:
+            signed, total = ds.t() @ xs, da.t() @ xa
+        else:
+            signed.addmm_(ds.t(), xs)
+            total.addmm_(da.t(), xa)
+    if signed is None:  # nothing can fire
+        return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
+    return signed, total, None, None
+
+
 def pulse_counts(
     x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
-    """Coincidence counts of all samples, in chunks that keep the bit tensors in budget.
+    """(n_up, n_down) [out, in]: coincidence counts of all samples.
 
-    Chunks are sized from the trains' actual length (usually 1 with a batch-mean loss), so
-    most updates are a single draw and two matmuls.
+    Samples are drawn by train length (only the slots of each sample's own BL) in chunks
+    that keep the bit tensors within `cfg.chunk_elements`.
     """
-    check(lr >= 0, "lr", lr, "a value >= 0")
-    n_up = torch.zeros(d.shape[1], x.shape[1], device=x.device, dtype=x.dtype)
-    n_down = torch.zeros_like(n_up)
-    if lr == 0 or x.shape[0] == 0:
-        return n_up, n_down
-    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
-    s_x, s_d = torch.sign(x), torch.sign(d)
-    per_sample = int(bl.max()) * (x.shape[1] + d.shape[1])
-    chunk = max(1, cfg.chunk_elements // per_sample)
-    for start in range(0, x.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        xb, db = _draw(p_x[sl], p_d[sl], bl[sl], s_x[sl], s_d[sl], generator)
-        up, down = coincidence_counts(xb, db)
-        n_up += up
-        n_down += down
-    return n_up, n_down
+    signed, total, _, _ = signed_counts(x, d, lr, dw_min, cfg, generator, sparse=False)
+    n_down = total.add(signed).mul_(0.5)
+    return total.sub_(signed).mul_(0.5), n_down
+
+
+def pulsed_update_(
+    w: Tensor, x: Tensor, d: Tensor, lr: float, state: DeviceState, device: DeviceConfig,
+    cfg: UpdateConfig, generator: torch.Generator | None,
+) -> Tensor:
+    """Apply the pulse trains of rows x [S, in], d [S, out] to the conductances w [out, in]
+    in place (same physics as `apply_pulses(w, *pulse_counts(...))`).
+
+    When the pulses touch only a submatrix, only that submatrix is read and written:
+    elements without coincidences are left exactly unchanged either way.
+    """
+    signed, total, rows, cols = signed_counts(x, d, lr, device.dw_min, cfg, generator)
+    if rows is None:
+        return apply_pulse_counts_(w, signed, total, state, device, generator)
+    if rows.numel() == 0 or cols.numel() == 0:
+        return w
+    n_out, n_in = w.shape
+    if cols.numel() == n_in:  # whole rows: row gathers are the cheap ones
+        def pick(v: Tensor) -> Tensor:
+            return v.index_select(0, rows)
+
+        def put(block: Tensor) -> None:
+            w.index_copy_(0, rows, block)
+    elif rows.numel() == n_out:
+        def pick(v: Tensor) -> Tensor:
+            return v.index_select(1, cols)
+
+        def put(block: Tensor) -> None:
+            w.index_copy_(1, cols, block)
+    else:
+        flat = (rows[:, None] * n_in + cols[None, :]).view(-1)
+
+        def pick(v: Tensor) -> Tensor:
+            return v.reshape(-1).take(flat).view(rows.numel(), cols.numel())
+
+        def put(block: Tensor) -> None:
+            w.view(-1).index_copy_(0, flat, block.view(-1))
+    sub_state = DeviceState(**{f: (pick(v) if isinstance(v, Tensor) else v)
+                               for f, v in vars(state).items()})
+    put(apply_pulse_counts_(pick(w), signed, total, sub_state, device, generator))
+    return w
 
 
 def expected_pulse_count(x: Tensor, d: Tensor, lr: float, dw_min: float) -> Tensor:
@@ -163,4 +363,6 @@ __all__ = [
     "expected_pulse_count",
     "pulse_counts",
     "pulse_probabilities",
+    "pulsed_update_",
+    "signed_counts",
 ]

@@ -32,14 +32,13 @@ from torch import Tensor, nn
 from analogpipe.devices import (
     DeviceConfig,
     DeviceState,
-    apply_pulses,
     clip_to_bounds,
     expected_update_,
     sample_device_state,
 )
 from analogpipe.errors import ConfigError, check
 from analogpipe.tiles.io import IOConfig, analog_mvm
-from analogpipe.tiles.pulses import UpdateConfig, pulse_counts
+from analogpipe.tiles.pulses import UpdateConfig, pulsed_update_
 
 
 class NonFiniteUpdateError(FloatingPointError):
@@ -437,9 +436,8 @@ class AnalogTile(nn.Module):
             x = torch.cat([e[0] for e in entries]) if n > 1 else entries[0][0]
             d = torch.cat([e[1] for e in entries]) if n > 1 else entries[0][1]
             gen = self.generator("update")
-            n_up, n_down = pulse_counts(x, d, lr, cfg.device.dw_min, cfg.update, gen)
-            self.weight.copy_(apply_pulses(self.weight, n_up, n_down, self.device_state,
-                                           cfg.device, gen))
+            pulsed_update_(self.weight, x, d, lr, self.device_state, cfg.device, cfg.update,
+                           gen)
             return
         grad = _grouped_sum([e[0] for e in entries], sizes)
         if cfg.device.name == "ideal":
