@@ -96,8 +96,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="tau values of the saturation sweep, each >= the sweep's omega "
                         "(default 0.5,0.8,1.6,3.2)")
     p.add_argument("--convergence-steps", type=int, default=None, metavar="K",
-                   help="steps of the teacher-problem runs >= 1 (default 3000 with --quick, "
-                        "else 20000)")
+                   help="steps of the teacher-problem runs >= 1, convergence group and "
+                        "Beyond the paper (default 3000 and 1000 with --quick, else 20000 and "
+                        "6000)")
     p.add_argument("--width", type=int, default=None, metavar="W",
                    help="hidden width of the quick mode's MLP >= 1 (default 64)")
     p.add_argument("--depth", type=int, default=None, metavar="D",
@@ -116,7 +117,7 @@ def _settings(args: argparse.Namespace):
         "dataset": args.dataset, "data_dir": args.data_dir, "seeds": args.seeds,
         "device": args.device, "epochs": args.epochs, "lr": args.lr, "subset": args.subset,
         "stage_list": args.stage_list, "sweep_taus": args.taus,
-        "conv_steps": args.convergence_steps,
+        "conv_steps": args.convergence_steps, "bt_teacher_steps": args.convergence_steps,
     }
     for k in ("width", "depth"):
         v = getattr(args, k)
