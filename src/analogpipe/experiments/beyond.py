@@ -349,11 +349,13 @@ def floor_render(a: dict, s: Settings, figs: dict[str, str]) -> list[str]:
          f"Theory (arXiv 2406.12774): Analog SGD on soft bounds converges to a neighbourhood "
          f"that grows with W_max / tau; Tiki-Taka's A array, kept at its symmetric point, "
          f"removes that bias and converges exactly.", ""]
-    if s.bt_taus != "all" or set(s.bt_stages) != {1, s.acc_stages}:
+    if s.bt_taus != "all" or set(s.bt_stages) != {1, s.acc_stages} or set(
+            s.bt_teacher_stages) != {1, s.acc_stages}:
         L += [f"Cut to fit the time budget of this mode: Tiki-Taka at tau {list(tt_taus(s))} "
               f"and the ideal device only (not every tau of the sweep), digits only at M = "
-              f"{list(s.bt_stages)}; teacher runs of {s.bt_teacher_steps} updates. Full mode "
-              f"runs every tau at M = 1 and M = {s.acc_stages}.", ""]
+              f"{list(s.bt_stages)}, the teacher only at M = {list(s.bt_teacher_stages)}, "
+              f"{s.bt_teacher_steps} updates per teacher run. Full mode runs every tau at M = 1 "
+              f"and M = {s.acc_stages} on both problems.", ""]
     L += [f"![floor]({figs['beyond-floor']})", ""] if "beyond-floor" in figs else []
     t = a.get("teacher", {})
     if t.get("tests"):

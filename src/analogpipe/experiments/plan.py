@@ -138,13 +138,13 @@ def quick_settings(**overrides: Any) -> Settings:
     micro-batches of 16 under the `same` policy; 0.05 is the next halving).
 
     Beyond the paper is cut to fit the 10-minute budget: Tiki-Taka on digits only at the
-    smallest tau and the ideal device, only in AP at M = acc_stages; the teacher problem at
-    the smallest tau and the ideal device, 1000 updates per run."""
+    smallest tau and the ideal device, only in AP at M = acc_stages; the teacher problem only
+    at M = 1, the smallest tau and the ideal device, 1000 updates per run."""
     over = {k: v for k, v in overrides.items() if v is not None}
     epochs = over.get("epochs", 10)
     base = Settings(quick=True, epochs=epochs, lr_milestones=_milestones(epochs, (0.7,)),
                     bt_taus="smallest", bt_stages=(over.get("acc_stages", 4),),
-                    bt_teacher_steps=1000)
+                    bt_teacher_stages=(1,), bt_teacher_steps=1000)
     return replace(base, **over)
 
 
