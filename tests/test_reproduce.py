@@ -259,7 +259,7 @@ def test_tiny_reproduction_writes_report_and_figures(tiny_run: Path) -> None:
     assert "git commit" in report and "torch 2." in report and "Command: `" in report
     assert "shared/" not in report
     verdicts = [ln for ln in report.splitlines() if ln.startswith("- **")]
-    assert len(verdicts) == 11  # 7 of the paper's claims, 4 beyond it
+    assert len(verdicts) == 10  # 7 of the paper's claims; beyond: teacher M=1, digits M=4, PipeMare
     assert all(re.match(r"- \*\*(supported|not supported|inconclusive)\*\*", v) for v in verdicts)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(links) == 8
