@@ -253,15 +253,16 @@ def test_tiny_reproduction_writes_report_and_figures(tiny_run: Path) -> None:
     report = (tiny_run / "report.md").read_text()
     for section in ("## What was run", "## Rules fixed before the runs", "## Verdicts",
                     "## 1. Staleness", "## 2. AP against SP", "## 3. Speedup",
-                    "## 4. Saturation sweep", "## 5. Convergence"):
+                    "## 4. Saturation sweep", "## 5. Convergence",
+                    "## 6. Beyond the paper", "## 7. Beyond the paper", "## 8. Beyond the paper"):
         assert section in report, section
     assert "git commit" in report and "torch 2." in report and "Command: `" in report
     assert "shared/" not in report
     verdicts = [ln for ln in report.splitlines() if ln.startswith("- **")]
-    assert len(verdicts) == 7
+    assert len(verdicts) == 10  # 7 of the paper's claims; beyond: teacher M=1, digits M=4, PipeMare
     assert all(re.match(r"- \*\*(supported|not supported|inconclusive)\*\*", v) for v in verdicts)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(links) == 5
+    assert len(links) == 8
     for link in links:
         assert (tiny_run / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plan_file = json.loads((tiny_run / "reproduce.json").read_text())
@@ -277,7 +278,7 @@ def test_report_and_figures_are_drawn_from_the_analysis_data_alone(tiny_run: Pat
 
     data = _restore(json.loads((tiny_run / "analysis.json").read_text()))
     s = quick_settings(subset=320, epochs=2, seeds=2, sweep_taus=(0.5, 1.6), stage_list=(1, 2),
-                       conv_steps=200, width=16, depth=7, pipe_width=16)
+                       conv_steps=200, bt_teacher_steps=200, width=16, depth=7, pipe_width=16)
     gs = groups(s)
     figs = {g.key: g.figures(data["analyses"][g.key], s, tmp_path) for g in gs}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

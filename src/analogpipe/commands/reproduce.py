@@ -54,8 +54,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         "Test the paper's claims, each with an experiment that isolates it: staleness (AP(M) "
         "vs AP(1)), AP vs SP vs digital accuracy (two lr policies), speedup in cycles to a "
         "target on the AIMC clock, a tau sweep where only the device bound changes, and the "
-        "convergence rate and floor on a teacher problem. Writes OUT/report.md, "
-        "OUT/results.csv, OUT/analysis.json and figures. Interrupted runs resume.")
+        "convergence rate and floor on a teacher problem; beyond the paper, Tiki-Taka's "
+        "floor against saturation, PipeMare delay compensation and Tiki-Taka's cost. Writes "
+        "OUT/report.md, OUT/results.csv, OUT/analysis.json and figures. Interrupted runs resume.")
     p.add_argument("--quick", action="store_true",
                    help="digits, 9-block MLP, 5 seeds, 10 epochs: minutes on a laptop CPU "
                         "(default: the paper's CIFAR-10 ResNet10 setting, meant for a GPU)")
@@ -77,7 +78,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="base lr > 0 (default 0.05 with --quick, else 0.1)")
     p.add_argument("--groups", default=None,
                    help="comma-separated experiment groups to run (default: all: staleness, "
-                        "equivalence, speedup, tau, convergence)")
+                        "equivalence, speedup, tau, convergence, beyond-floor, "
+                        "beyond-staleness, beyond-cost)")
     p.add_argument("--no-convergence", action="store_true",
                    help="skip the teacher-problem convergence group")
     p.add_argument("--out", required=True, metavar="DIR",
@@ -96,8 +98,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="tau values of the saturation sweep, each >= the sweep's omega "
                         "(default 0.5,0.8,1.6,3.2)")
     p.add_argument("--convergence-steps", type=int, default=None, metavar="K",
-                   help="steps of the teacher-problem runs >= 1 (default 3000 with --quick, "
-                        "else 20000)")
+                   help="steps of the teacher-problem runs >= 1, convergence group and "
+                        "Beyond the paper (default 3000 and 1000 with --quick, else 20000 and "
+                        "6000)")
     p.add_argument("--width", type=int, default=None, metavar="W",
                    help="hidden width of the quick mode's MLP >= 1 (default 64)")
     p.add_argument("--depth", type=int, default=None, metavar="D",
@@ -116,7 +119,7 @@ def _settings(args: argparse.Namespace):
         "dataset": args.dataset, "data_dir": args.data_dir, "seeds": args.seeds,
         "device": args.device, "epochs": args.epochs, "lr": args.lr, "subset": args.subset,
         "stage_list": args.stage_list, "sweep_taus": args.taus,
-        "conv_steps": args.convergence_steps,
+        "conv_steps": args.convergence_steps, "bt_teacher_steps": args.convergence_steps,
     }
     for k in ("width", "depth"):
         v = getattr(args, k)

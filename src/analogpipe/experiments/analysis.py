@@ -135,8 +135,8 @@ def per_seed(runs: dict[int, RunData], fn: Any) -> dict[int, float]:
 RESULT_COLUMNS = (
     "run", "groups", "status", "scheme", "model", "stages", "microbatches",
     "micro_batch_size", "lr", "device_model", "tau", "omega", "seed", "partition_metric",
-    "epoch", "samples", "cycles_balanced", "updates", "lr_epoch", "test_acc", "test_loss",
-    "train_loss", "train_acc", "sat_max",
+    "algorithm", "delay_compensation", "epoch", "samples", "cycles_balanced", "updates",
+    "lr_epoch", "test_acc", "test_loss", "train_loss", "train_acc", "sat_max",
 )
 
 
@@ -150,7 +150,8 @@ def results_csv(results: Results) -> str:
         base = {"run": r.name, "groups": ";".join(r.groups), "status": r.status,
                 **{k: c.get(k) for k in ("scheme", "model", "stages", "microbatches",
                                           "micro_batch_size", "lr", "device_model", "tau",
-                                          "omega", "seed", "partition_metric")}}
+                                          "omega", "seed", "partition_metric",
+                                          "algorithm", "delay_compensation")}}
         for h in r.curve or [{}]:
             sat = h.get("saturation") or {}
             w.writerow({**base, "epoch": h.get("epoch", 0), "samples": h.get("samples", 0),

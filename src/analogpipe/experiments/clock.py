@@ -80,7 +80,7 @@ def _structure(cfg: Any) -> tuple[list, list[str], dict[str, int], list[list[str
     """Layer specs, block order, block outputs and stage blocks of a run (cached: they do not
     depend on the seed's weights)."""
     key = (cfg.dataset, cfg.model, cfg.width, cfg.depth, cfg.stages, cfg.partition_metric,
-           cfg.subset)
+           cfg.subset, cfg.algorithm, cfg.transfer_every, cfg.n_reads_per_transfer)
     if key not in _STRUCTURE:
         from analogpipe.models import blocks
         from analogpipe.pipeline.partition import block_output_elements, layer_specs

@@ -41,7 +41,8 @@ def _verdict(claim: str, verdict: str, rule: str, numbers: str, confounds: str =
 
 def _sel(results: Results, cfg: Any) -> dict[int, Any]:
     """Runs of every seed with the settings of `cfg` except the seed."""
-    keys = ("scheme", "stages", "lr", "model", "width", "depth", "device_model", "tau", "omega")
+    keys = ("scheme", "stages", "lr", "model", "width", "depth", "device_model", "tau", "omega",
+            "algorithm", "delay_compensation")
     d = cfg.to_dict()
     return results.select(**{k: d[k] for k in keys})
 

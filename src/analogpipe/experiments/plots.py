@@ -215,3 +215,106 @@ def convergence(a: dict, s: Settings, out: Path) -> dict[str, str]:
     axes[1].grid(alpha=0.3, which="both")
     fig.suptitle(f"teacher problem: mean over n = {s.seeds} seeds (CI on the right)")
     return {"convergence": _save(fig, out / "fig_convergence.png")}
+
+
+# ------------------------------------------------------------------------------ beyond
+_ALG_STYLE = {"analog-sgd": ("tab:green", "o", "-"), "tiki-taka": ("tab:purple", "D", "--")}
+
+
+def _tau_axis(ax: Any, keys: list[str]) -> None:
+    ax.set_xticks(range(len(keys)), [k if k == "ideal" else f"{k}" for k in keys])
+    ax.set_xlabel("tau (device bound, conductance units; ideal = inf)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _floor_panel(ax: Any, rows: list[dict], keys: list[str], metric: str, scale: float,
+                 series: list[tuple[str, int]]) -> None:
+    """One series per (algorithm, M), offset by ±0.06 tick widths so that none hides another;
+    x = position of the tau in ``keys`` (the ideal device last)."""
+    n = len(series)
+    for j, (alg, M) in enumerate(series):
+        pts = [(keys.index(x["key"]), x) for x in rows
+               if x["algorithm"] == alg and x["M"] == M and x["key"] in keys]
+        pts.sort(key=lambda p: p[0])
+        if not pts:
+            continue
+        off = (j - (n - 1) / 2) * 0.06
+        color, marker, _ = _ALG_STYLE[alg]
+        ls = "-" if M == 1 else "--"
+        _errorbar(ax, [p[0] + off for p in pts], [Interval.from_dict(p[1][metric])
+                                                  for p in pts],
+                  color=color, marker=marker if M == 1 else "s", ls=ls,
+                  label=f"{alg}, M = {M}", scale=scale)
+        for xpos, x in pts:
+            if x["diverged"]:
+                ax.annotate(f"{x['diverged']}/{x['n']} div.", (xpos + off, 0.05),
+                            xycoords=("data", "axes fraction"), fontsize=7, color="tab:red")
+
+
+def beyond_floor(a: dict, s: Settings, out: Path) -> dict[str, str]:
+    t, d = a.get("teacher", {}), a.get("digits", {})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    keys_t = [k for k in dict.fromkeys(x["key"] for x in t.get("rows", []))]
+    _floor_panel(axes[0], t.get("rows", []), keys_t, "loss", 1.0,
+                 [(alg, M) for M in s.bt_teacher_stages for alg in _ALG_STYLE])
+    axes[0].axhline(s.bt_teacher_noise ** 2, color="gray", ls=":",
+                    label=f"target noise variance {s.bt_teacher_noise ** 2:g}")
+    axes[0].set_ylabel("final test MSE (teacher problem)")
+    axes[0].set_title(f"teacher, {s.bt_teacher_steps} updates", fontsize=9)
+    keys_d = [f"{x:g}" for x in s.sweep_taus] + ["ideal"]
+    _floor_panel(axes[1], d.get("rows", []), keys_d, "acc", 100.0,
+                 [(alg, M) for M in s.bt_stages for alg in _ALG_STYLE])
+    axes[1].set_ylabel("final test accuracy (%)")
+    axes[1].set_title(f"{s.dataset}, AP, {s.epochs} epochs", fontsize=9)
+    _tau_axis(axes[0], keys_t)
+    _tau_axis(axes[1], keys_d)
+    fig.suptitle(f"Analog SGD vs Tiki-Taka: mean and 95% CI, n = {s.seeds} seeds (series "
+                 "offset by ±0.06 tick widths)")
+    return {"beyond-floor": _save(fig, out / "fig_beyond-floor.png")}
+
+
+def beyond_staleness(a: dict, s: Settings, out: Path) -> dict[str, str]:
+    rows = [x for x in a.get("rows", []) if "ratio" in x]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    Ms = sorted({x["M"] for x in rows})
+    for j, (dc, color, marker) in enumerate((("none", "tab:green", "o"),
+                                             ("pipemare", "tab:red", "D"))):
+        xs = [x for x in rows if x["dc"] == dc]
+        _errorbar(ax, [x["M"] * (1 + (j - 0.5) * 0.06) for x in xs],
+                  [Interval.from_dict(x["ratio"]) for x in xs], color=color, marker=marker,
+                  ls="-" if dc == "none" else "--", label=f"delay compensation: {dc}")
+    ax.axhline(1.0, color="black", ls=":", label="AP(1)")
+    ax.set_xscale("log", base=2)
+    if Ms:
+        ax.set_xticks(Ms, [str(m) for m in Ms])
+    ax.set_xlabel("pipeline stages M (series offset by ±3%)")
+    ax.set_ylabel("samples to target / AP(1)'s (ratio)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{s.dataset}: geometric mean and 95% CI, n = {s.seeds} seeds", fontsize=9)
+    return {"beyond-staleness": _save(fig, out / "fig_beyond-staleness.png")}
+
+
+def beyond_cost(a: dict, s: Settings, out: Path) -> dict[str, str]:
+    rows = a.get("rows", [])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    dig = [x for x in rows if x.get("cycles")]
+    labels = [f"{x['problem']}\nM = {x['M']}" for x in rows]
+    for j, alg in enumerate(_ALG_STYLE):
+        color = _ALG_STYLE[alg][0]
+        axes[0].bar([i + (j - 0.5) * 0.38 for i in range(len(dig))],
+                    [x["cycles"][alg] for x in dig], width=0.36, color=color, label=alg)
+        ivs = [Interval.from_dict(x["wall"][alg]) for x in rows]
+        axes[1].bar([i + (j - 0.5) * 0.38 for i in range(len(rows))],
+                    [iv.mean for iv in ivs], width=0.36, color=color, label=alg,
+                    yerr=[[_err(iv)[0] for iv in ivs], [_err(iv)[1] for iv in ivs]], capsize=3)
+    axes[0].set_xticks(range(len(dig)), [f"digits\nM = {x['M']}" for x in dig])
+    axes[0].set_ylabel("AIMC cycles per training sample (MVM times)")
+    axes[1].set_xticks(range(len(rows)), labels)
+    axes[1].set_ylabel("simulator time per sample (µs)")
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"What Tiki-Taka costs (time: mean and 95% CI, n = {s.seeds} seeds)")
+    return {"beyond-cost": _save(fig, out / "fig_beyond-cost.png")}

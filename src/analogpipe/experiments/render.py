@@ -63,6 +63,12 @@ def _rules(s: Settings) -> list[str]:
         f"(entirely below -> not supported).",
         f"- Floor shape: every tau within a factor {r.floor_factor:g} of the one-constant fit. "
         f"Rate: CI of the E_K slope <= {r.rate_slope:g}. Trends: Spearman p < {r.trend_p:g}.",
+        f"- Beyond the paper: a floor grows when the whole CI of its paired change from the "
+        f"ideal device to the smallest tau lies on the worse side (teacher MSE ratio > 1, "
+        f"accuracy difference < 0); it does not grow when that CI lies within [1/"
+        f"{r.floor_ratio:g}, {r.floor_ratio:g}] (teacher MSE ratio) or ±{r.acc_margin:g} "
+        f"(accuracy). PipeMare helps when the CI of its paired samples-to-target ratio to no "
+        f"compensation lies below 1.",
         "- A claim made of several cells is not supported if any cell is not, supported if "
         "all are, inconclusive otherwise.", ""]
 
