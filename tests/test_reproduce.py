@@ -249,6 +249,14 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
+def test_clock_measures_the_pulse_trains_of_each_finished_run(tiny_run: Path) -> None:
+    # the end-of-run BL reads each run's own checkpoint (folder = name + settings hash)
+    extras = json.loads((tiny_run / "measurements.json").read_text())["extras"]
+    bl = extras["speedup"]["bl"]
+    assert bl and all(math.isfinite(v["start"]) and math.isfinite(v["end"])
+                      for v in bl.values())
+
+
 def test_tiny_reproduction_writes_report_and_figures(tiny_run: Path) -> None:
     report = (tiny_run / "report.md").read_text()
     for section in ("## What was run", "## Rules fixed before the runs", "## Verdicts",

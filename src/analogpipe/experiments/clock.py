@@ -45,7 +45,14 @@ def mean_pulse_train_length(cfg: Any, state: dict | None = None, *, lr: float | 
 
     setup = build(replace(cfg, update="pulsed"))  # the pulsed mode stashes every sample's rows
     if state is not None:
-        setup.model.load_state_dict(state)
+        import warnings
+
+        from analogpipe.tiles import accept_config_changes
+
+        # the run's conductances into its pulsed twin: only update.mode differs, on purpose
+        with accept_config_changes(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            setup.model.load_state_dict(state)
     model = setup.model
     model.train()
     batch, steps = epoch_batches(setup, 0)

@@ -223,6 +223,7 @@ def speedup_runs(s: Settings) -> list:
 def speedup_measure(results: Results, s: Settings, out: Path) -> dict[str, Any]:
     """Mean BL of every AP / SP run (start and end) and their clocks."""
     from analogpipe.experiments.clock import measure_bl
+    from analogpipe.experiments.plan import RunSpec
     from analogpipe.experiments.runner import run_dir
     from analogpipe.train.config import TrainConfig
 
@@ -230,7 +231,10 @@ def speedup_measure(results: Results, s: Settings, out: Path) -> dict[str, Any]:
     for r in results.runs:
         c = r.config
         if "speedup" in r.groups and c["scheme"] in ("ap", "sp") and r.curve:
-            bl[r.name] = measure_bl(TrainConfig.from_dict(c), run_dir(out, r.name))
+            cfg = TrainConfig.from_dict(c)
+            # the run's own folder (name + settings hash), where its final checkpoint lies
+            folder = run_dir(out, RunSpec(r.name, cfg, list(r.groups)))
+            bl[r.name] = measure_bl(cfg, folder)
     return {"bl": bl}
 
 
