@@ -212,3 +212,17 @@ def test_float64_model_stays_float64_and_matches_digital_sgd(make, shape):
     torch.testing.assert_close(analog.weight, digital.weight.detach(), rtol=1e-12, atol=1e-12)
     with pytest.raises(ConfigError, match=r"float32.*float64|float64.*float32"):
         analog(x.float())
+
+
+def test_report_intervals_are_clipped_to_the_feasible_range():
+    from analogpipe.experiments.stats import ACCURACY, COUNT, mean_interval
+
+    acc = mean_interval([0.01, 0.22])  # n=2: the t interval reaches far below 0
+    assert acc.lo < 0
+    text = acc.fmt(1, 100, ACCURACY)
+    lo, hi = (float(v) for v in text.split("[")[1].rstrip("]").split(", "))
+    assert lo == 0.0 and hi == pytest.approx(min(acc.hi, 1.0) * 100, abs=0.05)
+    samples = mean_interval([0.0, 34.0])
+    assert samples.lo < 0
+    assert samples.fmt(0, bounds=COUNT).split("[")[1].startswith("0, ")
+    assert acc.fmt(1, 100).split("[")[1].startswith("-")  # unclipped without bounds
