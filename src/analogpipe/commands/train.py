@@ -371,9 +371,15 @@ def main(args: argparse.Namespace) -> int:
             try:
                 cfg = config_from_args(args)
             except ConfigError as exc:
+                from analogpipe.train.rundir import flag_name
+
+                msg = str(exc)
+                field = msg.split("=", 1)[0]
+                if field in CONFIG_FIELDS:  # name the flag too: "--momentum: momentum=-1.0 ..."
+                    msg = f"{flag_name(field)}: {msg}"
                 source = getattr(args, "_config_file", None)
-                raise ConfigError(str(exc) + (f" (settings from --config {source} and the "
-                                              "flags given)" if source else "")) from None
+                raise ConfigError(msg + (f" (settings from --config {source} and the flags "
+                                         "given)" if source else "")) from None
             problem = inapplicable_flags(cfg, getattr(args, "_given", set()))
             if problem:
                 raise ConfigError(problem)
