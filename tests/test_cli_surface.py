@@ -34,7 +34,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 def test_every_flag_has_help_with_its_default_and_choices_are_listed():
     fmt = HelpFormatter("analogpipe")
     subs = _subparsers()
-    assert set(subs) == {"train", "schedule", "reproduce", "plot", "bench"}
+    assert set(subs) == {"run", "train", "schedule", "reproduce", "plot", "bench"}
     for name, parser in subs.items():
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 COMMANDS = {
+    "run": "the main job: `reproduce --quick` (the paper's experiments, small sizes)",
     "train": "train a model (digital, WOP, SP, AP or PipeDream)",
     "schedule": "print a pipeline schedule with its cycle figures",
     "reproduce": "run the paper's experiment set and write a report",
@@ -70,6 +71,7 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # `--epoch 2` is an error, not --epochs
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -100,6 +102,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # only import the module of the command being run (the others are listed for --help)
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, help_text in COMMANDS.items():
+        if name == "run":  # an alias that main() rewrites to `reproduce --quick`
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
         if wanted in COMMANDS and name != wanted:
             sub.add_parser(name, help=help_text)
             continue
@@ -155,11 +160,21 @@ def main(argv: list[str] | None = None) -> int:
         args = prepare(args, argv[argv.index(args.command) + 1:])
     with _signals_interrupt():
         try:
-            return int(module.main(args) or 0)
+            code = int(module.main(args) or 0)
+            sys.stdout.flush()
+            return code
         except KeyboardInterrupt as exc:
             sig = exc if isinstance(exc, Interrupted) else Interrupted()
             print(f"analogpipe {args.command}: interrupted ({sig.signame})", file=sys.stderr)
             return sig.code
+        except BrokenPipeError:
+            # the reader went away (`analogpipe schedule | head`): stop quietly, the standard
+            # way (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE, as a shell reports a process ended by it
 
 
 if __name__ == "__main__":  # `python -m analogpipe.cli` (torchrun): run the imported module,

@@ -27,6 +27,8 @@ def render() -> str:
                  "`analogpipe reproduce --quick`.",
                  "", "```text", parser.format_help().rstrip(), "```"]
         for name, sub in subs.choices.items():
+            if name == "run":  # an alias of `reproduce --quick` (said above)
+                continue
             parts += ["", f"## analogpipe {name}", "", "```text", sub.format_help().rstrip(),
                       "```"]
         return "\n".join(parts) + "\n"

@@ -27,7 +27,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     """Flags of `analogpipe bench`."""
     p.description = ("Time analog training steps against the same steps in plain PyTorch and "
                      "print median times, ratios and targets (see bench/README.md).")
-    p.add_argument("--quick", action="store_true", help="small shapes and few repeats (< 30 s)")
+    p.add_argument("--quick", action="store_true",
+                   help="small shapes and few repeats (about 1-2 minutes on 2 free cores; "
+                        "longer on a loaded machine)")
     p.add_argument("--json", metavar="FILE",
                    help="also write {machine, rows} as JSON to FILE (default: none)")
     p.add_argument("--only", nargs="+", action="extend", metavar="GROUP",

@@ -113,6 +113,7 @@ def _fail(msg: str) -> int:
 
 
 def _settings(args: argparse.Namespace):
+    from analogpipe.errors import ConfigError
     from analogpipe.experiments.plan import full_settings, quick_settings
 
     over = {
@@ -126,8 +127,14 @@ def _settings(args: argparse.Namespace):
         if v is not None:
             over[k] = over[f"pipe_{k}"] = v
     gs = ()
-    if args.groups:
+    if args.groups is not None:
         gs = tuple(g.strip() for g in args.groups.split(",") if g.strip())
+        if not gs:
+            raise ConfigError(f"--groups {args.groups!r}: name at least one group, e.g. "
+                              "--groups staleness,tau (leave --groups out to run all)")
+        if args.no_convergence and "convergence" in gs:
+            raise ConfigError("--groups includes convergence but --no-convergence skips it: "
+                              "give one or the other")
     if args.no_convergence:
         from analogpipe.experiments.plan import GROUPS, groups
 
@@ -157,6 +164,11 @@ def validate(args: argparse.Namespace):
     from analogpipe.train.rundir import check_writable_dir
 
     check_writable_dir(args.out)
+    out = Path(args.out)
+    if not (out / "reproduce.json").exists() and any(
+            (out / name).exists() for name in ("run.json", "checkpoint.pt", "metrics.jsonl")):
+        raise ConfigError(f"--out {args.out}: folder holds an `analogpipe train` run "
+                          "(run.json / checkpoint.pt), not a reproduction; choose another --out")
     s = _settings(args)
     if min(s.sweep_taus) < s.sweep_omega:
         raise ConfigError(f"--taus={list(s.sweep_taus)}: every tau of the sweep must be >= its "

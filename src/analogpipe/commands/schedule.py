@@ -144,6 +144,9 @@ def main(args: argparse.Namespace) -> int:
     if B * steps > MAX_MICROBATCHES:
         return _fail(f"--microbatches * --steps = {B * steps}: use at most {MAX_MICROBATCHES} "
                      "micro-batches in all (the simulation is pure Python)")
+    if args.t_f + args.t_b <= 0:
+        return _fail(f"--t-f {args.t_f:g} --t-b {args.t_b:g}: a stage must do some work; give "
+                     "--t-f + --t-b > 0")
     if args.update_per_microbatch and args.scheme != "sp":
         return _fail(f"--update-per-microbatch applies to --scheme sp only, not {args.scheme}")
     for flag, suffix in (("png", ".png"), ("trace", None)):

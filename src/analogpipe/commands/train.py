@@ -85,8 +85,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--epochs", type=int, default=10, help="epochs to train (>= 1)")
     opt.add_argument("--lr", type=float, default=0.1, help="learning rate (> 0)")
     opt.add_argument("--lr-milestones", type=_milestones, default=(), metavar="E1,E2",
-                     help="epochs (counted from 0) at which lr is multiplied by --lr-gamma, "
-                          "e.g. 100,200 (default: none)")
+                     help="ascending epochs >= 1 after which lr is multiplied by --lr-gamma "
+                          "(epoch E+1 on uses the new lr), e.g. 100,200 (default: none)")
     opt.add_argument("--lr-gamma", type=float, default=0.1, help="lr decay factor, in (0, 1]")
     opt.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (>= 0)")
     opt.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (>= 0)")
@@ -139,7 +139,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      help="run folder (required); must be empty or new unless --resume or "
                           "--overwrite")
     run.add_argument("--resume", action="store_true",
-                     help="continue from OUT/checkpoint.pt (--epochs may grow)")
+                     help="continue from OUT/checkpoint.pt with the settings of OUT/run.json "
+                          "(flags given must match them; only --epochs may grow)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the run in OUT (its run.json, metrics.jsonl, checkpoint.pt)")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
@@ -180,7 +181,11 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file; give an earlier run's run.json or "
                           "a TOML file of settings")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file (binary?); give an earlier run's "
+                          "run.json or a TOML / JSON file of settings") from None
     try:
         if p.suffix == ".toml":
             import tomllib
@@ -204,25 +209,78 @@ def read_config_file(path: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"--config {path}: unknown settings {unknown}; allowed: "
                           f"{', '.join(sorted(names))}")
-    if values.get("lr_milestones") is not None:
-        values["lr_milestones"] = tuple(values["lr_milestones"])
+    from analogpipe.train.config import check_setting_type
+
+    for key, value in values.items():
+        try:
+            values[key] = check_setting_type(key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"--config {path}: {exc}") from None
     return values
+
+
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the flags written out in `argv` (abbreviations are off, so a flag is
+    given exactly when one of its option strings, or `OPTION=...`, is a token)."""
+    return {a.dest for a in parser._actions if a.option_strings and any(
+        t == o or t.startswith(o + "=") for t in argv for o in a.option_strings)}
+
+
+# flags that only mean something together with another setting: field -> (condition, words)
+_ONLY_WITH = {
+    **{f: (lambda c: c.algorithm == "tiki-taka", "--algorithm tiki-taka")
+       for f in ("tt_gamma", "transfer_every", "n_reads_per_transfer", "transfer_lr", "fast_lr",
+                 "fast_reference")},
+    "pipemare_warmup_epochs": (lambda c: c.delay_compensation == "pipemare",
+                               "--delay-compensation pipemare"),
+    **{f: (lambda c: c.analog, "an analog --scheme (not digital)")
+       for f in ("device_model", "tau", "dw_min", "omega", "io_bits", "out_noise", "update",
+                 "granularity")},
+    "data_dir": (lambda c: c.dataset in ("cifar10", "cifar100"), "--dataset cifar10/cifar100"),
+}
+
+
+def inapplicable_flags(cfg, given: set[str]) -> str | None:
+    """A message naming the flags given on the command line that this run would ignore."""
+    from analogpipe.train.rundir import flag_name
+
+    bad: dict[str, list[str]] = {}
+    for f in sorted(given):
+        rule = _ONLY_WITH.get(f)
+        if rule is not None and not rule[0](cfg):
+            bad.setdefault(rule[1], []).append(flag_name(f))
+    if not bad:
+        return None
+    return "; ".join(f"{', '.join(flags)} only appl{'y' if len(flags) > 1 else 'ies'} with {need}"
+                     for need, flags in bad.items()) \
+        + ": leave them out, or give the setting they belong to"
 
 
 def prepare(args: argparse.Namespace, sub_argv: list[str]) -> argparse.Namespace:
     """`--config FILE`: its settings become the defaults, then the flags are parsed again, so
-    flags given beside it win. Settings without a flag (t_f, t_b, ...) ride along."""
-    if args.config is None:
-        return args
+    flags given beside it win. Settings without a flag (t_f, t_b, ...) ride along.
+
+    `--resume` without `--config` takes the settings of OUT/run.json the same way, so
+    `train --out DIR --resume --epochs N` continues a run without retyping its flags (flags
+    given are still checked against the checkpoint)."""
     parser: argparse.ArgumentParser = args._parser
+    given = _given_flags(parser, sub_argv)
+    config = args.config
+    if config is None and args.resume and (Path(args.out) / "run.json").is_file():
+        config = str(Path(args.out) / "run.json")
+    if config is None:
+        args._given = given
+        return args
     try:
-        values = read_config_file(args.config)
+        values = read_config_file(config)
     except ConfigError as exc:
         parser.error(str(exc))
     dests = {a.dest for a in parser._actions}
     parser.set_defaults(**{k: v for k, v in values.items() if k in dests})
     new = parser.parse_args(sub_argv)
     new._config_extra = {k: v for k, v in values.items() if k not in dests}
+    new._given = given
+    new._config_file = config
     return new
 
 
@@ -295,14 +353,36 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         return fail("--resume and --overwrite exclude each other: continue the run in --out, "
                     "or replace it")
+    if args.launcher == "torchrun":
+        import os
+
+        missing = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k not in os.environ]
+        if missing:
+            return fail(f"--launcher torchrun: {', '.join(missing)} not set, so this process "
+                        "was not started by torchrun; start it with `torchrun "
+                        "--nproc-per-node=M -m analogpipe.cli train ...`, or use --processes M")
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         try:
-            cfg = config_from_args(args)
-            # every check happens before anything is written: folder, checkpoint, settings
+            # every check happens before anything is written: settings, folder, checkpoint
+            try:
+                cfg = config_from_args(args)
+            except ConfigError as exc:
+                from analogpipe.train.rundir import flag_name
+
+                msg = str(exc)
+                field = msg.split("=", 1)[0]
+                if field in CONFIG_FIELDS:  # name the flag too: "--momentum: momentum=-1.0 ..."
+                    msg = f"{flag_name(field)}: {msg}"
+                source = getattr(args, "_config_file", None)
+                raise ConfigError(msg + (f" (settings from --config {source} and the flags "
+                                         "given)" if source else "")) from None
+            problem = inapplicable_flags(cfg, getattr(args, "_given", set()))
+            if problem:
+                raise ConfigError(problem)
             if args.launcher is None:
                 check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
                 if args.resume:

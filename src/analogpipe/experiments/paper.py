@@ -28,7 +28,7 @@ from analogpipe.experiments.analysis import (
     samples_to_target,
 )
 from analogpipe.experiments.plan import Group, Settings, config, register
-from analogpipe.experiments.stats import Interval
+from analogpipe.experiments.stats import ACCURACY, COUNT, Interval
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -127,8 +127,9 @@ def staleness_render(a: dict, s: Settings, figs: dict[str, str]) -> list[str]:
           "verdict acc / samples | diverged | reached target |",
           "|---|---|---|---|---|---|---|---|"]
     for x in a["rows"]:
-        L.append(f"| {x['M']} | {_i(x['acc']).fmt(1, 100)} | {_i(x['d_acc']).fmt(1, 100)} | "
-                 f"{_i(x['samples']).fmt(0)} | {_i(x['ratio']).fmt(2)} | "
+        L.append(f"| {x['M']} | {_i(x['acc']).fmt(1, 100, ACCURACY)} | "
+                 f"{_i(x['d_acc']).fmt(1, 100)} | "
+                 f"{_i(x['samples']).fmt(0, bounds=COUNT)} | {_i(x['ratio']).fmt(2)} | "
                  f"{x.get('v_acc', '-')} / {x.get('v_samples', '-')} | {x['diverged']}/{x['n']} "
                  f"| {x['reached']}/{x['n']} |")
     return L + [""]
@@ -203,7 +204,7 @@ def equivalence_render(a: dict, s: Settings, figs: dict[str, str]) -> list[str]:
     names = {"digital": "digital SGD", "sp": "analog SP (= WOP)", "ap_same": "analog AP, `same`",
              "ap_scaled": "analog AP, `scaled`"}
     for k, c in a["cells"].items():
-        L.append(f"| {names[k]} | {c['lr']:g} | {_i(c['acc']).fmt(1, 100)} | "
+        L.append(f"| {names[k]} | {c['lr']:g} | {_i(c['acc']).fmt(1, 100, ACCURACY)} | "
                  f"{c['diverged']}/{c['n']} |")
     L += ["", "| policy | AP minus | difference (points) | verdict |", "|---|---|---|---|"]
     for c in a["comparisons"]:
@@ -343,8 +344,9 @@ def speedup_render(a: dict, s: Settings, figs: dict[str, str]) -> list[str]:
         L.append(f"| {x['M']} | {stages} | {tf} | {x['bl']:.2f} | {_i(x['speedup']).fmt(2)} | "
                  f"{_i(x['speedup_balanced']).fmt(2)} | {x['ideal']:.2f} | "
                  f"{_i(x['efficiency']).fmt(2)} | {x.get('verdict', '-')} | "
-                 f"{_i(x['cycles_ap']).fmt(0)} | {_i(x['cycles_sp']).fmt(0)} | "
-                 f"{_i(x['cycles_wop']).fmt(0)} |")
+                 f"{_i(x['cycles_ap']).fmt(0, bounds=COUNT)} | "
+                 f"{_i(x['cycles_sp']).fmt(0, bounds=COUNT)} | "
+                 f"{_i(x['cycles_wop']).fmt(0, bounds=COUNT)} |")
     return L + [""]
 
 
@@ -424,7 +426,7 @@ def tau_render(a: dict, s: Settings, figs: dict[str, str]) -> list[str]:
           "|---|---|---|---|---|"]
     for x in a["rows"]:
         L.append(f"| {x['key']} | {_i(x['sat']).fmt(2) if x['key'] != 'ideal' else '-'} | "
-                 f"{_i(x['loss']).fmt(3)} | {_i(x['acc']).fmt(1, 100)} | "
+                 f"{_i(x['loss']).fmt(3)} | {_i(x['acc']).fmt(1, 100, ACCURACY)} | "
                  f"{x['diverged']}/{x['n']} |")
     return L + [""]
 

@@ -45,7 +45,9 @@ def _header(h: dict[str, Any], s: Settings) -> list[str]:
         "- Statistics: mean with a two-sided 95% Student-t interval over seeds (scipy.stats); "
         "differences are paired by seed; ratios are geometric means with the t interval of "
         "the mean log ratio. A diverged run counts as chance accuracy, never reaches a "
-        "target, and is counted in every table.", ""]
+        "target, and is counted in every table. Intervals are clipped to the feasible range "
+        "for display (accuracy 0-100 %, sample and cycle counts >= 0); analysis.json keeps "
+        "the unclipped t intervals.", ""]
 
 
 def _rules(s: Settings) -> list[str]:

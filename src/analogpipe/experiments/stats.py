@@ -27,6 +27,10 @@ CONFIDENCE = 0.95
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
+ACCURACY = (0.0, 1.0)  # feasible ranges for Interval.fmt(bounds=...)
+COUNT = (0.0, math.inf)
+
+
 @dataclass(frozen=True)
 class Interval:
     """Mean and its two-sided t confidence interval over ``n`` finite values of ``total``.
@@ -52,13 +56,18 @@ class Interval:
     def defined(self) -> bool:
         return self.n >= 2 and math.isfinite(self.lo) and math.isfinite(self.hi)
 
-    def fmt(self, digits: int = 3, scale: float = 1.0) -> str:
-        """'mean [lo, hi]' (and 'n/total' when some values are missing)."""
+    def fmt(self, digits: int = 3, scale: float = 1.0,
+            bounds: tuple[float, float] | None = None) -> str:
+        """'mean [lo, hi]' (and 'n/total' when some values are missing). `bounds`: the
+        feasible range of the value (before `scale`); the shown interval is clipped to it."""
         if self.n == 0:
             return f"- (0/{self.total})"
         text = f"{self.mean * scale:.{digits}f}"
         if self.defined:
-            text += f" [{self.lo * scale:.{digits}f}, {self.hi * scale:.{digits}f}]"
+            lo, hi = self.lo, self.hi
+            if bounds is not None:
+                lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+            text += f" [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
         if self.n < self.total:
             text += f" ({self.n}/{self.total})"
         return text

@@ -70,6 +70,15 @@ def _anchor() -> Tensor:
     return torch.empty(0, requires_grad=True)
 
 
+def _check_dtype(layer: nn.Module, x: Tensor) -> None:
+    """ConfigError naming the layer and both dtypes when the input's dtype is not the tile's."""
+    tile_dtype = layer.tile.weight.dtype
+    if x.dtype != tile_dtype:
+        raise ConfigError(f"{type(layer).__name__}({layer.extra_repr()}): input dtype {x.dtype} "
+                          f"but its tile holds {tile_dtype}; cast the input (x.to({tile_dtype}))"
+                          f" or the model (model.to({x.dtype}))")
+
+
 class _LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, bias: Tensor | None, anchor: Tensor, tile: AnalogTile) -> Tensor:
@@ -129,12 +138,14 @@ class AnalogLinear(nn.Module):
     @classmethod
     def from_digital(cls, m: nn.Linear, config: TileConfig, seed: int = 0) -> AnalogLinear:
         layer = cls(m.in_features, m.out_features, m.bias is not None, config, seed, init=False)
+        layer = layer.to(dtype=m.weight.dtype)  # the tile follows the layer's dtype (float64...)
         layer.tile.set_weights(m.weight.detach())
         if m.bias is not None:
             layer.bias.data.copy_(m.bias.detach())
         return layer.to(m.weight.device)
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_dtype(self, x)
         check(x.shape[-1] == self.in_features, "input features", x.shape[-1],
               f"{self.in_features} (AnalogLinear.in_features)")
         scale = self.tile.out_scale
@@ -261,6 +272,7 @@ class AnalogConv2d(nn.Module):
         cls._check_digital(m)
         layer = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                     m.dilation, m.bias is not None, config, seed, init=False)
+        layer = layer.to(dtype=m.weight.dtype)  # the tile follows the layer's dtype (float64...)
         layer.tile.set_weights(m.weight.detach().reshape(m.out_channels, -1))
         if m.bias is not None:
             layer.bias.data.copy_(m.bias.detach())
@@ -287,6 +299,7 @@ class AnalogConv2d(nn.Module):
         return g.reshape(self.out_channels, -1)
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_dtype(self, x)
         check(x.dim() == 4 and x.shape[1] == self.in_channels, "conv input shape",
               tuple(x.shape), f"[N, {self.in_channels}, H, W]")
         scale = self.tile.out_scale
@@ -330,6 +343,7 @@ class AnalogConv1d(AnalogConv2d):
         cls._check_digital(m)
         layer = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                     m.dilation, m.bias is not None, config, seed, init=False)
+        layer = layer.to(dtype=m.weight.dtype)  # the tile follows the layer's dtype (float64...)
         layer.tile.set_weights(m.weight.detach().reshape(m.out_channels, -1))
         if m.bias is not None:
             layer.bias.data.copy_(m.bias.detach())

@@ -18,6 +18,40 @@ SCHEMES = ("digital", "wop", "sp", "ap", "pipedream")
 DATASETS = ("digits", "cifar10", "cifar100", "teacher", "synthetic-cls")
 PARTITION_METRICS = ("params", "macs", "aimc")
 ALGORITHMS = ("analog-sgd", "tiki-taka")
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "tuple[int, ...]": "a list of integers", "dict[str, Any]": "a table"}
+
+
+def check_setting_type(name: str, value: Any) -> Any:
+    """`value` with the type of TrainConfig field `name` (ints become floats where a float is
+    expected; lists become tuples); ConfigError naming the field otherwise. Bools are never
+    numbers and strings are never lists."""
+    kind = str(next(f.type for f in fields(TrainConfig) if f.name == name))
+    optional = kind.endswith(" | None")
+    base = kind.removesuffix(" | None")
+    if value is None and optional:
+        return value
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if base == "int":
+        ok = is_int
+    elif base == "float":
+        ok = is_int or isinstance(value, float)
+        value = float(value) if ok else value
+    elif base == "str":
+        ok = isinstance(value, str)
+    elif base == "bool":
+        ok = isinstance(value, bool)
+    elif base.startswith("tuple"):
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, dict)
+    if not ok:
+        allowed = _TYPE_WORDS[base] + (" or none" if optional else "")
+        raise ConfigError(f"{name}={value!r} has the wrong type ({type(value).__name__}): "
+                          f"allowed {allowed}")
+    return value
 
 
 @dataclass(kw_only=True)
@@ -77,8 +111,12 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, check_setting_type(f.name, getattr(self, f.name)))
 
     def validate(self) -> None:
         check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
@@ -96,8 +134,22 @@ class TrainConfig:
             self.microbatches = self.batch_size // self.micro_batch_size
         check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite value > 0")
-        check(all(m >= 1 for m in self.lr_milestones), "lr_milestones", self.lr_milestones,
-              "epochs >= 1")
+        ms = self.lr_milestones
+        check(all(m >= 1 for m in ms) and all(a < b for a, b in zip(ms, ms[1:])),
+              "lr_milestones", list(ms), "strictly ascending epochs >= 1 (epoch 1 is the first)")
+        check(self.momentum >= 0 and math.isfinite(self.momentum), "momentum", self.momentum,
+              "a finite value >= 0")
+        check(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay",
+              self.weight_decay, "a finite value >= 0")
+        check(self.dw_min > 0 and math.isfinite(self.dw_min), "dw_min", self.dw_min,
+              "a finite value > 0")
+        check(self.fast_lr > 0 and math.isfinite(self.fast_lr), "fast_lr", self.fast_lr,
+              "a finite value > 0 (eta_A = fast_lr * lr)")
+        check(self.width is None or self.width >= 1, "width", self.width, "None or >= 1")
+        check(self.depth is None or self.depth >= 1, "depth", self.depth, "None or >= 1")
+        check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size,
+              "an integer >= 1")
+        check(self.divergence_loss > 0, "divergence_loss", self.divergence_loss, "a value > 0")
         check(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "a value in (0, 1]")
         check(self.device_model in DEVICE_NAMES, "device_model", self.device_model,
               f"one of {DEVICE_NAMES}")

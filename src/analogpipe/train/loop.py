@@ -109,7 +109,11 @@ def build(cfg: TrainConfig) -> Setup:
         raise ConfigError(f"batch of {cfg.mini_batch} (microbatches x micro_batch_size) is "
                           f"larger than the {data.train_x.shape[0]} training samples")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, data.in_shape, cfg.width, cfg.depth)
+    try:
+        model = build_model(cfg.model, data.num_classes, data.in_shape, cfg.width, cfg.depth)
+    except ValueError as exc:
+        raise ConfigError(f"model={cfg.model!r} (--model) does not fit dataset={cfg.dataset!r} "
+                          f"(--dataset): {exc}; choose another model or dataset") from None
     initialize(model, cfg.init, cfg.seed)
     names = [n for n, _ in blocks(model)]
     if cfg.stages > len(names):

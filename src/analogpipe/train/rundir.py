@@ -83,6 +83,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
     p = Path(path)
     if not p.is_file():
+        if (p.parent / "run.json").is_file():  # started, but stopped before its first epoch
+            raise ConfigError(f"--resume: no checkpoint at {p}: the run in {p.parent} finished "
+                              "no epoch; start it again with --overwrite instead of --resume")
         raise ConfigError(f"--resume: no checkpoint at {p}; start without --resume, or give "
                           "the --out of the run to continue")
     try:
