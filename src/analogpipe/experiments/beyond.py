@@ -30,7 +30,7 @@ from typing import Any
 
 from analogpipe.experiments import stats as st
 from analogpipe.experiments.analysis import Results, final_acc, per_seed, samples_to_target
-from analogpipe.experiments.plan import Group, Settings, config, register
+from analogpipe.experiments.plan import Group, Settings, config, plot_figures, register
 from analogpipe.experiments.stats import Interval
 
 ALGORITHMS = ("analog-sgd", "tiki-taka")
@@ -599,20 +599,12 @@ def cost_render(a: dict, s: Settings, figs: dict[str, str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ registry
-def _figures(name: str):
-    def draw(a: dict, s: Settings, out: Path) -> dict[str, str]:
-        from analogpipe.experiments import plots
-
-        return getattr(plots, name)(a, s, out)
-    return draw
-
-
 register(Group("beyond-floor", "6. Beyond the paper: Tiki-Taka's floor against saturation",
-               floor_runs, floor_analyse, floor_render, _figures("beyond_floor"),
+               floor_runs, floor_analyse, floor_render, plot_figures("beyond_floor"),
                measure=floor_measure, order=60, measure_needs_runs=False))
 register(Group("beyond-staleness",
                "7. Beyond the paper: staleness cost with and without PipeMare", stale_runs,
-               stale_analyse, stale_render, _figures("beyond_staleness"), order=70))
+               stale_analyse, stale_render, plot_figures("beyond_staleness"), order=70))
 register(Group("beyond-cost", "8. Beyond the paper: what Tiki-Taka costs", cost_runs,
-               cost_analyse, cost_render, _figures("beyond_cost"), measure=cost_measure,
+               cost_analyse, cost_render, plot_figures("beyond_cost"), measure=cost_measure,
                order=80, measure_needs_runs=False))

@@ -27,7 +27,7 @@ from analogpipe.experiments.analysis import (
     per_seed,
     samples_to_target,
 )
-from analogpipe.experiments.plan import Group, Settings, config, register
+from analogpipe.experiments.plan import Group, Settings, config, plot_figures, register
 from analogpipe.experiments.stats import ACCURACY, COUNT, Interval
 
 # ------------------------------------------------------------------------------ helpers
@@ -531,25 +531,17 @@ def convergence_render(a: dict, s: Settings, figs: dict[str, str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ registry
-def _figures(name: str):
-    def draw(a: dict, s: Settings, out: Path) -> dict[str, str]:
-        from analogpipe.experiments import plots
-
-        return getattr(plots, name)(a, s, out)
-    return draw
-
-
 register(Group("staleness", "1. Staleness: AP(M) against AP(1), same lr and stream",
-               staleness_runs, staleness_analyse, staleness_render, _figures("staleness"),
+               staleness_runs, staleness_analyse, staleness_render, plot_figures("staleness"),
                order=10))
 register(Group("equivalence", "2. AP against SP and digital SGD (two lr policies)",
                equivalence_runs, equivalence_analyse, equivalence_render,
-               _figures("equivalence"), order=20))
+               plot_figures("equivalence"), order=20))
 register(Group("speedup", "3. Speedup in cycles to the target", speedup_runs, speedup_analyse,
-               speedup_render, _figures("speedup"), measure=speedup_measure, order=30))
+               speedup_render, plot_figures("speedup"), measure=speedup_measure, order=30))
 register(Group("tau", "4. Saturation sweep: only the device bound changes", tau_runs,
-               tau_analyse, tau_render, _figures("tau"), order=40))
+               tau_analyse, tau_render, plot_figures("tau"), order=40))
 register(Group("convergence", "5. Convergence rate and floor (teacher problem)",
                lambda s: [], convergence_analyse, convergence_render,
-               _figures("convergence"), measure=convergence_measure, order=50,
+               plot_figures("convergence"), measure=convergence_measure, order=50,
                measure_needs_runs=False))

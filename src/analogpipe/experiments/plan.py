@@ -258,6 +258,16 @@ class Group:
     measure_needs_runs: bool = True
 
 
+def plot_figures(name: str) -> Callable[[dict[str, Any], Settings, Path], dict[str, str]]:
+    """A Group's ``figures``: the function ``name`` of experiments.plots (imported when the
+    figures are drawn, so planning and analysis never import matplotlib)."""
+    def draw(a: dict[str, Any], s: Settings, out: Path) -> dict[str, str]:
+        from analogpipe.experiments import plots
+
+        return getattr(plots, name)(a, s, out)
+    return draw
+
+
 GROUPS: dict[str, Group] = {}
 # modules whose import registers groups (a further experiment adds its module here)
 GROUP_MODULES: list[str] = ["analogpipe.experiments.paper",

@@ -169,7 +169,12 @@ class AnalogTile(nn.Module):
                 self._state_fields.append(name)
             else:
                 self._state_scalars[name] = value
-        m = config.mapping
+        self._init_periphery(out_size)
+
+    def _init_periphery(self, out_size: int) -> None:
+        """The digital mapping (`out_scale`), the generators and the stash (shared with
+        compound tiles)."""
+        m = self.config.mapping
         if m.learn_out_scaling:
             self.out_scale: Tensor | None = nn.Parameter(torch.ones(out_size))
         elif m.weight_scaling_omega is not None:

@@ -34,7 +34,6 @@ than two arrays, the reset lands on the visible 0.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -224,18 +223,7 @@ class TransferTile(AnalogTile):
         self.register_buffer("transfer_count", torch.zeros((), dtype=torch.int64))
         self.register_buffer("transfer_pointer", torch.zeros((), dtype=torch.int64))
         self._state_fields, self._state_scalars = [], {}
-        m = config.mapping
-        if m.learn_out_scaling:
-            self.out_scale: Tensor | None = nn.Parameter(torch.ones(out_size))
-        elif m.weight_scaling_omega is not None:
-            self.register_buffer("out_scale", torch.ones(out_size))
-        else:
-            self.out_scale = None
-        self._generators: dict[str, torch.Generator] = {}
-        self._stash: deque[tuple[Tensor, Tensor | None]] = deque()
-        self._groups: deque[int] = deque()  # entries per closed micro-batch (AnalogTile's)
-        self._open = 0
-        self.layer_name: str | None = None
+        self._init_periphery(out_size)
         with torch.no_grad():
             self._reset_fast(slice(None))
             self._reduce()
