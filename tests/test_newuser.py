@@ -81,6 +81,12 @@ def test_trainconfig_accepts_ints_for_floats_and_lists_for_milestones():
     (["--pipemare-warmup-epochs", "2"], "--pipemare-warmup-epochs"),
     (["--scheme", "digital", "--tau", "0.3"], "--tau"),
     (["--data-dir", "somewhere"], "--data-dir"),
+    (["--batch-size", "48"], "--batch-size 48 and --microbatches 2"),  # TINY: B=2, b=16
+    (["--omega", "2"], "--omega"),
+    (["--algorithm", "tiki-taka", "--tt-gamma", "-1"], "--tt-gamma"),
+    (["--algorithm", "tiki-taka", "--transfer-lr", "-1"], "--transfer-lr"),
+    (["--algorithm", "tiki-taka", "--n-reads-per-transfer", "0"], "--n-reads-per-transfer"),
+    (["--algorithm", "tiki-taka", "--transfer-every", "-1"], "--transfer-every"),
 ])
 def test_bad_or_ignored_flags_exit_2_naming_them_before_writing(tmp_path, capsys, monkeypatch,
                                                                 flags, named):
@@ -226,3 +232,10 @@ def test_report_intervals_are_clipped_to_the_feasible_range():
     assert samples.lo < 0
     assert samples.fmt(0, bounds=COUNT).split("[")[1].startswith("0, ")
     assert acc.fmt(1, 100).split("[")[1].startswith("-")  # unclipped without bounds
+
+
+def test_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty folder: "" would otherwise write the run here
+    code, err = run_cli(capsys, "train", "--out", "", *TINY)
+    assert code == 2 and "--out is empty" in err
+    assert list(tmp_path.iterdir()) == []

@@ -380,9 +380,16 @@ def main(args: argparse.Namespace) -> int:
                 source = getattr(args, "_config_file", None)
                 raise ConfigError(msg + (f" (settings from --config {source} and the flags "
                                          "given)" if source else "")) from None
-            problem = inapplicable_flags(cfg, getattr(args, "_given", set()))
+            given = getattr(args, "_given", set())
+            problem = inapplicable_flags(cfg, given)
             if problem:
                 raise ConfigError(problem)
+            if {"batch_size", "microbatches"} <= given and \
+                    args.batch_size != args.microbatches * cfg.micro_batch_size:
+                raise ConfigError(
+                    f"--batch-size {args.batch_size} and --microbatches {args.microbatches} "
+                    f"disagree (batch size = microbatches x micro-batch-size "
+                    f"{cfg.micro_batch_size}): give one of them")
             if args.launcher is None:
                 check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
                 if args.resume:

@@ -61,6 +61,9 @@ def main(args: argparse.Namespace, cfg) -> int:
                      threads_per_worker=args.threads)
     except WorkerFailed as exc:
         code = 3 if "diverged" in str(exc) else 2 if "ConfigError" in str(exc) else 1
-        print(f"analogpipe train: {exc}", file=sys.stderr)
+        if code == 1:  # an unexpected failure: the worker's traceback helps
+            print(f"analogpipe train: {exc}", file=sys.stderr)
+        else:  # divergence or a bad setting: one line, as without --processes
+            print(f"analogpipe train: rank {exc.rank}: {exc.cause}", file=sys.stderr)
         return code
     return 0

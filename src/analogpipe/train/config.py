@@ -164,8 +164,17 @@ class TrainConfig:
         check(self.partition_metric in PARTITION_METRICS, "partition_metric",
               self.partition_metric, f"one of {PARTITION_METRICS}")
         check(self.subset is None or self.subset >= 1, "subset", self.subset, "None or >= 1")
-        check(self.omega is None or (self.omega > 0 and math.isfinite(self.omega)), "omega",
-              self.omega, "None (tau / 2) or a finite value > 0, at most tau")
+        check(self.omega is None or (self.omega > 0 and math.isfinite(self.omega) and (
+            self.device_model == "ideal" or self.omega <= self.tau)), "omega", self.omega,
+            "None (tau / 2) or a finite value > 0, at most tau")
+        check(self.tt_gamma >= 0 and math.isfinite(self.tt_gamma), "tt_gamma", self.tt_gamma,
+              "a finite value >= 0")
+        check(self.transfer_every >= 0, "transfer_every", self.transfer_every,
+              "an integer >= 0 (0: never)")
+        check(self.n_reads_per_transfer >= 1, "n_reads_per_transfer",
+              self.n_reads_per_transfer, "an integer >= 1")
+        check(self.transfer_lr >= 0 and math.isfinite(self.transfer_lr), "transfer_lr",
+              self.transfer_lr, "a finite value >= 0")
         check(self.t_f > 0 and self.t_b > 0, "t_f/t_b", (self.t_f, self.t_b), "values > 0")
         check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"one of {ALGORITHMS}")
         check(self.algorithm == "analog-sgd" or self.analog, "algorithm", self.algorithm,

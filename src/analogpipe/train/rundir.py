@@ -39,6 +39,9 @@ def _nearest_existing(path: Path) -> Path:
 
 def check_writable_dir(path: str | Path, flag: str = "--out") -> None:
     """`path` is, or can be created as, a writable folder; ConfigError naming it otherwise."""
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty: give a folder path (an empty path would write "
+                          "into the current folder)")
     p = Path(path).absolute()
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {path}: is a file, not a folder; give a folder path")
