@@ -337,18 +337,6 @@ class AnalogConv1d(AnalogConv2d):
     def weight_shape(self) -> tuple[int, ...]:
         return (self.out_channels, self.in_channels, self.kernel_size[1])
 
-    @classmethod
-    def from_digital(cls, m: nn.Conv1d, config: TileConfig,  # type: ignore[override]
-                     seed: int = 0) -> AnalogConv1d:
-        cls._check_digital(m)
-        layer = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                    m.dilation, m.bias is not None, config, seed, init=False)
-        layer = layer.to(dtype=m.weight.dtype)  # the tile follows the layer's dtype (float64...)
-        layer.tile.set_weights(m.weight.detach().reshape(m.out_channels, -1))
-        if m.bias is not None:
-            layer.bias.data.copy_(m.bias.detach())
-        return layer.to(m.weight.device)
-
     def forward(self, x: Tensor) -> Tensor:
         check(x.dim() == 3 and x.shape[1] == self.in_channels, "conv1d input shape",
               tuple(x.shape), f"[N, {self.in_channels}, L]")

@@ -321,10 +321,15 @@ class AnalogTile(nn.Module):
         return self.config.update.mode == "pulsed"
 
     @property
+    def updated_device(self) -> DeviceConfig:
+        """The device the gradient update pulses (a compound tile's fast array A)."""
+        return self.config.device
+
+    @property
     def needs_abs_product(self) -> bool:
         u = self.config.update
         return (u.mode == "expected" and u.granularity == "sample"
-                and self.config.device.name != "ideal")
+                and self.updated_device.name != "ideal")
 
     def update_compensation(self) -> Tensor | None:
         """1 / out_scale^2 per output row [out], or None without output scaling.

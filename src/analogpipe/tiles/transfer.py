@@ -275,14 +275,8 @@ class TransferTile(AnalogTile):
 
     # --- update -------------------------------------------------------------------------
     @property
-    def needs_rows(self) -> bool:
-        return self.config.update.mode == "pulsed"
-
-    @property
-    def needs_abs_product(self) -> bool:
-        u = self.config.update
-        return (u.mode == "expected" and u.granularity == "sample"
-                and self.config.fast_device.name != "ideal")
+    def updated_device(self) -> DeviceConfig:
+        return self.config.fast_device
 
     @property
     def transfer_reads_per_update(self) -> float:
