@@ -20,6 +20,7 @@ Slots beyond a sample's own BL_s are masked, so the train length adapts per samp
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,7 @@ class _Trains:
         bl_a = bl if order is None else bl[order]
         self.blocks: list[tuple[int, int, int]] = []
         self.rows = 0  # sum of BL over the samples that fire
+        self.int8 = False
         if bl_a.numel() == 0:
             return
         lo, hi = int(bl_a.min()), int(bl_a.max())
@@ -163,6 +165,12 @@ class _Trains:
             p_x, p_d, s_x, s_d = p_x[order], p_d[order], s_x[order], s_d[order]
         self.p_x, self.p_d, self.s_x, self.s_d = p_x, p_d, s_x, s_d
         self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
+        # large draws on the CPU: byte-wise Bernoulli trials and int8 count matmuls
+        self.int8 = (p_x.device.type == "cpu"
+                     and self.rows * (p_x.shape[1] + p_d.shape[1]) >= INT8_MIN_ELEMENTS)
+        if self.int8:
+            self.x_nonneg = not bool((s_x < 0).any())
+            self.sides = (_ByteThresholds(p_x, s_x), _ByteThresholds(p_d, s_d))
 
     @property
     def d_density(self) -> float:
@@ -183,6 +191,8 @@ class _Trains:
         if self.rows == 0:  # no sample can fire
             return
         n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
+        if self.int8:  # bytes instead of float32: the same memory holds more bits
+            budget *= INT8_BUDGET_FACTOR
         chunk: list[tuple[int, int, int]] = []
         rows = 0
         for b0, b1, t in self.blocks:
@@ -203,6 +213,8 @@ class _Trains:
 
     def _fill(self, pieces: list[tuple[int, int, int]], rows: int,
               generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self.int8:
+            return self._fill_int8(pieces, rows, generator)
         n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
         like = dict(device=self.p_x.device, dtype=self.p_x.dtype)
         xa, da = torch.empty((rows, n_in), **like), torch.empty((rows, n_out), **like)
@@ -218,16 +230,147 @@ class _Trains:
             k += n
         return xa, xs, da, ds
 
+    def _fill_int8(self, pieces: list[tuple[int, int, int]], rows: int,
+                   generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`_fill` with int8 bits {0, 1} and signed bits {-1, 0, 1} (`_ByteThresholds`); the
+        x side's signed bits are its bits when no input is negative (ReLU layers)."""
+        x_side, d_side = self.sides
+        need = x_side.bytes_needed(rows, not self.x_nonneg) + d_side.bytes_needed(rows, True)
+        alloc = _Arena(need, self.p_x.device)
+        xa, xs = x_side.draw(pieces, rows, generator, not self.x_nonneg, alloc)
+        da, ds = d_side.draw(pieces, rows, generator, True, alloc)
+        return xa, (xa if xs is None else xs), da, ds
+
+
+class _ByteThresholds:
+    """Bernoulli(p) trials from one random byte each, exactly.
+
+    With P = min(floor(256 p), 255) and F = 256 p - P in [0, 1]: a byte R < P fires, R > P does
+    not, and a tie R = P (probability 1/256) fires with probability F, from a fresh uniform.
+    So P(fire) = P / 256 + F / 256 = p (to the uniform's resolution, 2^-24 of 1/256, finer than
+    `uniform < p`), at about a sixth of the random-number cost: each 64-bit draw of the
+    generator gives eight trials.
+    """
+
+    def __init__(self, p: Tensor, sign: Tensor) -> None:
+        scaled = p * 256
+        level = scaled.floor().clamp_(max=255)
+        self.frac = scaled.sub_(level)  # F, in p's dtype
+        self.level = level.to(torch.uint8)  # P [S, width]
+        self.sign = sign.to(torch.int8)
+
+    def bytes_needed(self, rows: int, signed: bool) -> int:
+        """Workspace of one `draw` (each buffer rounded up to `_Arena.ALIGN`)."""
+        n_el = rows * self.level.shape[1]
+        pad = _Arena.pad
+        return 2 * pad((n_el + 7) // 8 * 8) + pad(n_el) * (2 if signed else 1)
+
+    def draw(self, pieces: list[tuple[int, int, int]], rows: int,
+             generator: torch.Generator | None, signed: bool,
+             alloc: _Arena) -> tuple[Tensor, Tensor | None]:
+        """(bits [rows, width] int8 in {0, 1}, signed bits or None) for a chunk's pieces
+        (sample ranges r0:r1 with t slots each, in row order)."""
+        width = self.level.shape[1]
+        dev = self.level.device
+        n_el = rows * width
+        words = (n_el + 7) // 8
+        rnd = alloc(words * 8).view(torch.int64)
+        rnd.random_(-(2**63), None, generator=generator)  # 64 random bits per word
+        byte = rnd.view(torch.uint8)[:n_el].view(rows, width)
+        bits = alloc(n_el).view(torch.bool).view(rows, width)
+        tie = alloc(words * 8).view(torch.bool)
+        tie[n_el:] = False
+        tie_rows = tie[:n_el].view(rows, width)
+        k = 0
+        for r0, r1, t in pieces:
+            n = (r1 - r0) * t
+            shape = (r1 - r0, t, width)
+            r, lv = byte[k:k + n].view(shape), self.level[r0:r1, None, :]
+            torch.lt(r, lv, out=bits[k:k + n].view(shape))
+            torch.eq(r, lv, out=tie_rows[k:k + n].view(shape))
+            k += n
+        # ties are rare: find the 8-byte words that hold one, then the positions within them
+        hit = tie.view(torch.int64).nonzero().squeeze(1)
+        if hit.numel():
+            word, lane = tie.view(-1, 8).index_select(0, hit).nonzero(as_tuple=True)
+            pos = hit.index_select(0, word).mul_(8).add_(lane)
+            row = pos.div(width, rounding_mode="floor")
+            sample = _row_samples(pieces, row)
+            flat = sample.mul_(width).add_(pos - row * width)  # index into frac [S, width]
+            u = torch.rand(pos.numel(), generator=generator, device=dev, dtype=self.frac.dtype)
+            bits.view(-1).index_put_((pos,), u < self.frac.view(-1).index_select(0, flat))
+        bits8 = bits.view(torch.int8)
+        if not signed:
+            return bits8, None
+        out = alloc(n_el).view(torch.int8).view(rows, width)
+        k = 0
+        for r0, r1, t in pieces:
+            n = (r1 - r0) * t
+            shape = (r1 - r0, t, width)
+            torch.mul(bits8[k:k + n].view(shape), self.sign[r0:r1, None, :],
+                      out=out[k:k + n].view(shape))
+            k += n
+        return bits8, out
+
+
+class _Arena:
+    """Bump allocator over a per-thread byte buffer that is kept between calls: large fresh
+    buffers would cost page faults on every chunk. Views handed out are valid until the next
+    `_Arena` on the same thread and device (each chunk is consumed before the next is drawn)."""
+
+    ALIGN = 64
+    _local = threading.local()
+
+    @staticmethod
+    def pad(n: int) -> int:
+        return (n + _Arena.ALIGN - 1) // _Arena.ALIGN * _Arena.ALIGN
+
+    def __init__(self, nbytes: int, device: torch.device) -> None:
+        cache = self._local.__dict__.setdefault("buffers", {})
+        buf = cache.get(device)
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+            cache[device] = buf
+        self.buf, self.used = buf, 0
+
+    def __call__(self, nbytes: int) -> Tensor:
+        out = self.buf[self.used:self.used + nbytes]
+        self.used += self.pad(nbytes)
+        return out
+
+
+def _row_samples(pieces: list[tuple[int, int, int]], row: Tensor) -> Tensor:
+    """The sample index of each chunk row (pieces: sample ranges r0:r1, t slots each)."""
+    starts, first, length = [], [], []
+    k = 0
+    for r0, r1, t in pieces:
+        starts.append(k)
+        first.append(r0)
+        length.append(t)
+        k += (r1 - r0) * t
+    like = dict(device=row.device, dtype=torch.int64)
+    starts_t = torch.tensor(starts, **like)
+    piece = torch.searchsorted(starts_t, row, right=True) - 1
+    offset = (row - starts_t[piece]).div(torch.tensor(length, **like)[piece],
+                                         rounding_mode="floor")
+    return torch.tensor(first, **like)[piece] + offset
+
 
 # Below this expected density of d bits, the coincidence counts are a sparse (COO) times
 # dense product over the fired d bits only: exact, and several times cheaper than the dense
 # matmuls when few outputs fire per slot (typical with large output scales).
 SPARSE_D_DENSITY = 0.05
+# On the CPU, a call that draws at least this many bits (x and d sides together) draws them
+# byte-wise as int8 and counts with int8 GEMMs; below it the float path's fewer calls win.
+INT8_MIN_ELEMENTS = 1 << 18
+INT8_BUDGET_FACTOR = 16  # one byte per bit instead of float32
 
 
 def _chunk_counts(xa: Tensor, xs: Tensor, da: Tensor, ds: Tensor,
                   sparse_d: bool) -> tuple[Tensor, Tensor]:
-    """(signed, total) [out, in] of one chunk of bit rows."""
+    """(signed, total) [out, in] of one chunk of bit rows (int32 for int8 bits)."""
+    if xa.dtype == torch.int8:  # exact int32 counts (oneDNN's int8 GEMM on the CPU)
+        return torch._int_mm(ds.t(), xs), torch._int_mm(da.t(), xa)
     if not sparse_d:
         return ds.t() @ xs, da.t() @ xa
     slot, out = da.nonzero(as_tuple=True)
@@ -272,15 +415,16 @@ def signed_counts(
                 xa, xs = xa.index_select(1, cols), xs.index_select(1, cols)
             if rows.numel() < n_out:
                 da, ds = da.index_select(1, rows), ds.index_select(1, rows)
-            return (*_chunk_counts(xa, xs, da, ds, trains.d_density < SPARSE_D_DENSITY),
-                    rows, cols)
+            sparse_d = not trains.int8 and trains.d_density < SPARSE_D_DENSITY
+            signed, total = _chunk_counts(xa, xs, da, ds, sparse_d)
+            return signed.to(x.dtype), total.to(x.dtype), rows, cols
         parts = iter([(xa, xs, da, ds)])
     else:
         parts = trains.draw(budget, generator)
     signed = total = None
-    sparse_d = trains.d_density < SPARSE_D_DENSITY
+    sparse_d = not trains.int8 and trains.d_density < SPARSE_D_DENSITY
     for xa, xs, da, ds in parts:
-        if sparse_d:
+        if sparse_d or trains.int8:
             sg, tt = _chunk_counts(xa, xs, da, ds, True)
             signed, total = (sg, tt) if signed is None else (signed.add_(sg), total.add_(tt))
         elif signed is None:
@@ -290,7 +434,7 @@ def signed_counts(
             total.addmm_(da.t(), xa)
     if signed is None:  # nothing can fire
         return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
-    return signed, total, None, None
+    return signed.to(x.dtype), total.to(x.dtype), None, None
 
 
 def pulse_counts(
