@@ -171,12 +171,10 @@ class _ConvFn(torch.autograd.Function):
                             layer.dilation)
         n, _, h, w = x.shape
         ho, wo = layer.output_hw(h, w)
-        cols = layer.unfold(x)  # [N, C*kh*kw, L]
-        rows = cols.transpose(1, 2).reshape(-1, tile.in_size)
+        cols = layer.unfold(x)  # [N, C*kh*kw, L]: one patch per column
         if tile.needs_rows:  # the pulsed update needs every patch: keep them, no second im2col
-            ctx.x_rows = rows
-        y = tile.forward_rows(rows).reshape(n, ho * wo, tile.out_size).transpose(1, 2)
-        y = y.reshape(n, tile.out_size, ho, wo)
+            ctx.x_rows = cols
+        y = tile.forward_cols(cols).view(n, tile.out_size, ho, wo)
         return y if bias is None else y + bias[None, :, None, None]
 
     @staticmethod
@@ -186,9 +184,6 @@ class _ConvFn(torch.autograd.Function):
         tile = layer.tile
         need_x, need_b = ctx.needs_input_grad[0], ctx.has_bias and ctx.needs_input_grad[1]
         dx = db = None
-        d_rows = None
-        if tile.needs_rows or not tile.config.backward.is_perfect:
-            d_rows = d.flatten(2).transpose(1, 2).reshape(-1, tile.out_size)  # [N*L, out]
         grad = None
         if tile.config.backward.is_perfect:
             # one call, same output mask as autograd's conv backward: bit-identical gradients
@@ -198,17 +193,17 @@ class _ConvFn(torch.autograd.Function):
             grad = grad.reshape(tile.out_size, -1)
         else:
             if need_x:
-                z = tile.backward_rows(d_rows)  # [N*L, C*kh*kw], on the current weights
-                cols = z.reshape(x.shape[0], -1, tile.in_size).transpose(1, 2)
-                dx = F.fold(cols, x.shape[-2:], layer.kernel_size, layer.dilation,
+                # errors as columns [N, out, L]; W^T d per output pixel, on the current weights
+                z = tile.backward_cols(d.reshape(d.shape[0], tile.out_size, -1))
+                dx = F.fold(z, x.shape[-2:], layer.kernel_size, layer.dilation,
                             layer.padding, layer.stride)
             if need_b:
                 db = d.sum((0, 2, 3))
         if tile.needs_rows:
-            x_rows = ctx.x_rows
-            if x_rows is None:
-                x_rows = layer.unfold(x).transpose(1, 2).reshape(-1, tile.in_size)
+            cols = ctx.x_rows if ctx.x_rows is not None else layer.unfold(x)
             ctx.x_rows = None
+            x_rows = cols.transpose(1, 2).reshape(-1, tile.in_size)  # [N*L, C*kh*kw]
+            d_rows = d.flatten(2).transpose(1, 2).reshape(-1, tile.out_size)  # [N*L, out]
             tile.stash_rows(x_rows, d_rows)
         else:
             # sum over patches of d x^T is the conv weight gradient; |d| |x|^T likewise

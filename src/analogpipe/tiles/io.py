@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from analogpipe.errors import check
+from analogpipe.tiles import rng
 
 NOISE_MANAGEMENT = ("abs_max", "none")
 
@@ -78,23 +79,36 @@ class IOConfig:
 
 def analog_mvm(
     inp: Tensor, weight: Tensor, io: IOConfig, generator: torch.Generator | None,
-    transposed: bool = False,
+    transposed: bool = False, columns: bool = False,
 ) -> Tensor:
-    """One MVM per row of `inp` through the periphery.
+    """One MVM per input vector through the periphery.
 
     inp: [S, in] rows (batch rows or conv patches); weight: [out, in] conductances.
     Forward: y = W x; transposed (backward): z = W^T d, with inp = d of shape [S, out].
     Returns [S, out] (or [S, in] when transposed).
+    columns: the vectors are the columns of a batch of matrices instead, inp [N, in, L] ->
+    [N, out, L] (conv patches as `F.unfold` lays them out, and conv errors as [N, C, H*W]):
+    the same per-vector periphery, without transposing to rows and back.
+    Output noise is drawn with `analogpipe.tiles.rng.normal_` (large fills split over threads).
     """
-    w = weight.t() if not transposed else weight  # matmul operand: rows @ w
+    if columns:
+        w = weight.t() if transposed else weight  # batched left operand: w @ x
+
+        def mvm(x: Tensor) -> Tensor:
+            return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+    else:
+        w = weight.t() if not transposed else weight  # matmul operand: rows @ w
+
+        def mvm(x: Tensor) -> Tensor:
+            return x @ w
     if io.is_perfect:
-        return inp @ w
-    # The steps are folded into per-row factors so that each pass over the [S, n] tensors is
-    # one in-place op: x_int = round(x / (alpha * step)) holds DAC levels, y = (x_int @ w) * step.
+        return mvm(inp)
+    # The steps are folded into per-vector factors so that each pass over the inputs is one
+    # in-place op: x_int = round(x / (alpha * step)) holds DAC levels, y = (x_int W) * step.
     i_step, o_step = io.inp_step, io.out_step
     if io.noise_management == "abs_max":
-        alpha = inp.abs().amax(dim=-1, keepdim=True)
-        # a zero row stays exactly zero (aihwkit: alpha = 0 gives output 0)
+        alpha = inp.abs().amax(dim=-2 if columns else -1, keepdim=True)
+        # a zero vector stays exactly zero (aihwkit: alpha = 0 gives output 0)
         inv = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).reciprocal_()
         x = inp * (inv / i_step if i_step > 0 else inv)
     else:
@@ -107,12 +121,11 @@ def analog_mvm(
             x.clamp_(-level, level)
     elif alpha is None or io.inp_bound < 1:
         x.clamp_(-io.inp_bound, io.inp_bound)
-    y = x @ w
+    y = mvm(x)
     if i_step > 0:
         y.mul_(i_step)
     if io.out_noise > 0:
-        y.add_(torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype),
-               alpha=io.out_noise)
+        y.add_(rng.normal_(torch.empty_like(y), generator), alpha=io.out_noise)
     if o_step > 0:
         y.mul_(1 / o_step).round_()
         if math.isfinite(io.out_bound):

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from analogpipe.devices import DeviceConfig, DeviceState, apply_pulse_counts_
 from analogpipe.errors import check
+from analogpipe.tiles.rng import random_bits_
 
 UPDATE_MODES = ("expected", "pulsed")
 GRANULARITIES = ("sample", "microbatch")
@@ -275,7 +276,7 @@ class _ByteThresholds:
         n_el = rows * width
         words = (n_el + 7) // 8
         rnd = alloc(words * 8).view(torch.int64)
-        rnd.random_(-(2**63), None, generator=generator)  # 64 random bits per word
+        random_bits_(rnd, generator)  # 64 random bits per word
         byte = rnd.view(torch.uint8)[:n_el].view(rows, width)
         bits = alloc(n_el).view(torch.bool).view(rows, width)
         tie = alloc(words * 8).view(torch.bool)

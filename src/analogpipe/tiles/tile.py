@@ -314,6 +314,17 @@ class AnalogTile(nn.Module):
         return analog_mvm(d, self.weight, self.config.backward, self.generator("backward"),
                           transposed=True)
 
+    def forward_cols(self, x: Tensor) -> Tensor:
+        """`forward_rows` on vectors laid out as columns: x [N, in, L] -> [N, out, L]."""
+        purpose = "forward" if self.training else "eval"
+        return analog_mvm(x, self.weight, self.config.forward, self.generator(purpose),
+                          columns=True)
+
+    def backward_cols(self, d: Tensor) -> Tensor:
+        """`backward_rows` on vectors laid out as columns: d [N, out, L] -> [N, in, L]."""
+        return analog_mvm(d, self.weight, self.config.backward, self.generator("backward"),
+                          transposed=True, columns=True)
+
     # --- stash and update ---------------------------------------------------------------
     @property
     def needs_rows(self) -> bool:
@@ -373,11 +384,18 @@ class AnalogTile(nn.Module):
             entry: tuple[Tensor, Tensor | None] = (x, d)
         else:
             grad = d.t().mm(x)
-            if not bool(torch.isfinite(grad).all()):  # any NaN/inf in x or d reaches d^T x
+            # |grad| <= S max|x| max|d|: when that bound is finite (NaN and inf propagate
+            # into it) the product is finite, without a pass over the [out, in] product
+            bound = float(x.abs().amax()) * float(d.abs().amax()) * x.shape[0] if x.numel() \
+                and d.numel() else 0.0
+            if not bound < torch.finfo(grad.dtype).max and not bool(torch.isfinite(grad).all()):
                 which = "x (layer input)" if not bool(torch.isfinite(x).all()) else \
                     "d (gradient at the layer output)"
                 self._refuse_non_finite(f"the update product d x^T (from non-finite {which})")
-            entry = (grad, d.abs().t().mm(x.abs()) if self.needs_abs_product else None)
+            # one row: sum_s |d_s| |x_s|^T is |d x^T| itself (the update takes |grad|)
+            abs_product = d.abs().t().mm(x.abs()) if self.needs_abs_product and \
+                x.shape[0] > 1 else None
+            entry = (grad, abs_product)
         self._stash.append(entry)
         self._open += 1
 
@@ -453,7 +471,9 @@ class AnalogTile(nn.Module):
         if cfg.device.name == "ideal":
             self.weight.add_(grad, alpha=-lr)  # bit for bit torch.optim.SGD
             return
-        prod = _grouped_sum([e[1] for e in entries], sizes) if self.needs_abs_product else None
+        prod = None
+        if self.needs_abs_product:  # entries of one row stash None: their product is |grad|
+            prod = _grouped_sum([e[0].abs() if e[1] is None else e[1] for e in entries], sizes)
         expected_update_(self.weight, grad, prod, lr, self.device_state, cfg.device)
 
     def extra_repr(self) -> str:
