@@ -19,6 +19,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from analogpipe.runtime import keep_freed_memory
+
 COMMANDS = {
     "run": "the main job: `reproduce --quick` (the paper's experiments, small sizes)",
     "train": "train a model (digital, WOP, SP, AP or PipeDream)",
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     module = getattr(args, "_module", None)
     if module is None:
         parser.error(f"command {args.command!r} is not available in this build")
+    keep_freed_memory()  # speed only: no result changes (analogpipe.runtime)
     prepare = getattr(module, "prepare", None)
     if prepare is not None:
         args = prepare(args, argv[argv.index(args.command) + 1:])

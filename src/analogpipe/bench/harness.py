@@ -208,6 +208,7 @@ def machine_stamp() -> dict[str, Any]:
     import torch
 
     import analogpipe
+    from analogpipe.runtime import malloc_setting
 
     return {
         "cpu": _cpu_model(),
@@ -220,6 +221,7 @@ def machine_stamp() -> dict[str, Any]:
         "git_commit": _git_commit(),
         "platform": platform.platform(),
         "loadavg_1m": _loadavg(),
+        "malloc": malloc_setting(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cuda_version": torch.version.cuda,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -241,7 +243,7 @@ def format_table(rows: list[Row], machine: dict[str, Any] | None = None) -> str:
     if machine:
         lines.append(f"machine: {machine.get('cpu')} | cores {machine.get('cores')} | "
                      f"torch threads {machine.get('torch_threads')} | load(1m) "
-                     f"{machine.get('loadavg_1m')}")
+                     f"{machine.get('loadavg_1m')} | malloc: {machine.get('malloc')}")
         lines.append(f"python {machine.get('python')} | torch {machine.get('torch')} | numpy "
                      f"{machine.get('numpy')} | analogpipe {machine.get('analogpipe')} "
                      f"({machine.get('git_commit')}) | {machine.get('date')}")

@@ -203,8 +203,15 @@ class _ConvFn(torch.autograd.Function):
             cols = ctx.x_rows if ctx.x_rows is not None else layer.unfold(x)
             ctx.x_rows = None
             x_rows = cols.transpose(1, 2).reshape(-1, tile.in_size)  # [N*L, C*kh*kw]
-            d_rows = d.flatten(2).transpose(1, 2).reshape(-1, tile.out_size)  # [N*L, out]
-            tile.stash_rows(x_rows, d_rows)
+            # d as rows [N*L, out], compensated for the output scale in the same pass
+            d_view = d.flatten(2).transpose(1, 2)
+            d_rows = torch.empty(d_view.shape, dtype=d.dtype, device=d.device)
+            comp = tile.update_compensation()
+            if comp is None:
+                d_rows.copy_(d_view)
+            else:
+                torch.mul(d_view, comp, out=d_rows)
+            tile.stash_rows(x_rows, d_rows.view(-1, tile.out_size), compensated=True)
         else:
             # sum over patches of d x^T is the conv weight gradient; |d| |x|^T likewise
             if grad is None:

@@ -364,7 +364,7 @@ SPARSE_D_DENSITY = 0.05
 # On the CPU, a call that draws at least this many bits (x and d sides together) draws them
 # byte-wise as int8 and counts with int8 GEMMs; below it the float path's fewer calls win.
 INT8_MIN_ELEMENTS = 1 << 18
-INT8_BUDGET_FACTOR = 16  # one byte per bit instead of float32
+INT8_BUDGET_FACTOR = 64  # one byte per bit instead of float32
 
 
 def _chunk_counts(xa: Tensor, xs: Tensor, da: Tensor, ds: Tensor,

@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-PART = 1 << 20  # elements per part
+PART = 1 << 20  # elements per part of a normal fill
+BITS_PART = 1 << 17  # int64 words per part of a bit fill (1 MiB)
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: distinct, well-spread part seeds
 _pool_lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
@@ -38,12 +39,12 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 def _split_fill(t: Tensor, generator: torch.Generator | None,
-                fill: Callable[[Tensor, torch.Generator | None], object]) -> Tensor:
-    if t.device.type != "cpu" or t.numel() < 2 * PART or not t.is_contiguous():
+                fill: Callable[[Tensor, torch.Generator | None], object], part: int) -> Tensor:
+    if t.device.type != "cpu" or t.numel() < 2 * part or not t.is_contiguous():
         fill(t, generator)
         return t
     base = int(torch.randint(0, 2**62, (1,), generator=generator))
-    parts = t.view(-1).split(PART)
+    parts = t.view(-1).split(part)
     gens = [torch.Generator().manual_seed((base + _MIX * (i + 1)) % 2**63)
             for i in range(len(parts))]
     workers = min(torch.get_num_threads(), len(parts))
@@ -57,12 +58,13 @@ def _split_fill(t: Tensor, generator: torch.Generator | None,
 
 def normal_(t: Tensor, generator: torch.Generator | None) -> Tensor:
     """Fill t with standard normal values in place (see the module docstring)."""
-    return _split_fill(t, generator, lambda p, g: p.normal_(generator=g))
+    return _split_fill(t, generator, lambda p, g: p.normal_(generator=g), PART)
 
 
 def random_bits_(t: Tensor, generator: torch.Generator | None) -> Tensor:
     """Fill an int64 tensor with 64 uniformly random bits per element, in place."""
-    return _split_fill(t, generator, lambda p, g: p.random_(-(2**63), None, generator=g))
+    return _split_fill(t, generator, lambda p, g: p.random_(-(2**63), None, generator=g),
+                       BITS_PART)
 
 
-__all__ = ["PART", "normal_", "random_bits_"]
+__all__ = ["BITS_PART", "PART", "normal_", "random_bits_"]

@@ -364,21 +364,22 @@ class AnalogTile(nn.Module):
             "(the update would write non-finite weights). Check the data and the layers "
             "before it, or lower the learning rate")
 
-    def stash_rows(self, x: Tensor, d: Tensor) -> None:
+    def stash_rows(self, x: Tensor, d: Tensor, compensated: bool = False) -> None:
         """Stash one use's rows x [S, in], d [S, out].
 
         d is the gradient at the tile's output (it includes out_scale); the stash holds it
-        compensated by `update_compensation()`, so the logical weight follows SGD.
+        compensated by `update_compensation()`, so the logical weight follows SGD
+        (`compensated=True`: the caller already multiplied d by it).
         Raises NonFiniteUpdateError (naming the layer) if x or d holds NaN or inf.
         """
         x, d = x.detach(), d.detach()
         comp = self.update_compensation()
-        if comp is not None:
+        if comp is not None and not compensated:
             d = d * comp
         if self.needs_rows:
-            if not bool(torch.isfinite(x).all()):
+            if not _all_finite(x):
                 self._refuse_non_finite("the layer input x stashed for the pulsed update")
-            if not bool(torch.isfinite(d).all()):
+            if not _all_finite(d):
                 self._refuse_non_finite("the error d (gradient at the layer output) stashed for "
                                         "the pulsed update")
             entry: tuple[Tensor, Tensor | None] = (x, d)
@@ -480,6 +481,13 @@ class AnalogTile(nn.Module):
         c = self.config
         return (f"{self.out_size}x{self.in_size}, device={c.device.name}, "
                 f"update={c.update.mode}/{c.update.granularity}")
+
+
+def _all_finite(t: Tensor) -> bool:
+    """Whether every element is finite: NaN and inf reach the sum, so a finite sum (one
+    pass, no temporaries) settles it; a non-finite sum (maybe an overflow) is checked
+    element by element."""
+    return t.numel() == 0 or math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def _grouped_sum(terms: list[Tensor], sizes: list[int]) -> Tensor:
