@@ -273,3 +273,25 @@ def test_streams_progress_unit_and_file_modes(tmp_path):
     assert r.returncode == 0, r.stderr
     for f in [*out.iterdir(), png, gantt, tmp_path / "t.json"]:
         assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+def test_signals_are_held_while_a_checkpoint_and_its_metrics_are_written():
+    """The pair of files of an epoch is written with SIGINT / SIGTERM held: a signal that
+    arrives inside the block is delivered after it, not between the two writes."""
+    import os
+
+    from analogpipe.train.loop import signals_deferred
+
+    if not hasattr(signal, "pthread_sigmask"):
+        pytest.skip("no signal masks on this platform")
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda *_: seen.append("delivered"))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            seen.append("block end")
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert seen == ["block end", "delivered"]

@@ -43,7 +43,8 @@ class UpdateConfig:
                  granularity) or "microbatch" (bias from |sum_b d_b (x) x_b|, the theory's model).
     desired_bl, update_bl_management, update_management: aihwkit's pulse-train settings.
     chunk_elements: elements of the bit tensors drawn at once (a chunk of samples); small
-                 chunks stay in cache (1 << 18: 1 MiB per float tensor).
+                 chunks stay in cache (1 << 18: 1 MiB per float tensor). The CPU's int8 route
+                 (large draws) takes INT8_BUDGET_FACTOR times as many one-byte bits per chunk.
     """
 
     mode: str = "expected"

@@ -7,14 +7,17 @@ so `cycles` in the metrics is what the hardware would have taken, not wall time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,33 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then act on the first one as its handler
+    would have, so that files written together (the checkpoint and metrics.jsonl of an epoch)
+    are all written or none. Off the main thread (no Python signal handlers there) the block
+    runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        saved[sig] = signal.signal(sig, lambda num, _frame: pending.append(num))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if pending:
+            num = pending[0]
+            handler = saved[num]
+            if callable(handler):
+                handler(num, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(num)
 
 
 def environment() -> dict[str, Any]:
@@ -383,8 +413,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment()}
         if resume:
             record["resumed_at_epoch"] = start_epoch
-        atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str) + "\n")
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        with signals_deferred():
+            atomic_write_text(out / "run.json",
+                              json.dumps(record, indent=2, default=str) + "\n")
+            atomic_write_text(out / "metrics.jsonl",
+                              "".join(json.dumps(h) + "\n" for h in history))
 
     costs = Costs(t_f=cfg.t_f, t_b=cfg.t_b)
     cycles = history[-1]["cycles"] if history else 0.0
@@ -450,10 +483,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
             "saturation": saturation_stats(setup.model),
         }
         history.append(metrics)
-        atomic_torch_save({"model": setup.model.state_dict(), "optimizers": opt_states,
-                           "versions": versions, "epoch": epoch, "metrics": history,
-                           "config": cfg.to_dict()}, ckpt_path)
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        with signals_deferred():  # the checkpoint and its metrics line, together
+            atomic_torch_save({"model": setup.model.state_dict(), "optimizers": opt_states,
+                               "versions": versions, "epoch": epoch, "metrics": history,
+                               "config": cfg.to_dict()}, ckpt_path)
+            atomic_write_text(out / "metrics.jsonl",
+                              "".join(json.dumps(h) + "\n" for h in history))
         log(f"epoch {epoch + 1}: train_loss {metrics['train_loss']:.4f} "
             f"test_acc {test_acc:.4f} cycles {cycles:.0f} wall {metrics['wall_s']:.1f}s")
     return history
