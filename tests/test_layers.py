@@ -144,3 +144,22 @@ def test_analog_mlp_with_paper_config_learns_digits(update):
     with torch.no_grad():
         acc = (model(ds.test_x).argmax(1) == ds.test_y).float().mean().item()
     assert acc >= 0.90, acc
+
+
+@pytest.mark.parametrize("k,stride,pad,dil,hw", [(3, 1, 1, 1, (7, 7)), (3, 2, 1, 1, (7, 8)),
+                                                 (1, 2, 0, 1, (6, 6)), (2, 1, 0, 2, (6, 5)),
+                                                 (3, 3, 2, 1, (5, 9))])
+def test_conv_patches_and_fold_equal_torch_unfold_and_fold(k, stride, pad, dil, hw):
+    """The strided patches equal F.unfold exactly; the strided fold equals F.fold (float64,
+    same sums up to rounding order); patch_rows are the transposed patches."""
+    from analogpipe.nn import AnalogConv2d
+
+    layer = AnalogConv2d(3, 4, k, stride=stride, padding=pad, dilation=dil).double()
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    ref = torch.nn.functional.unfold(x, k, dil, pad, stride)
+    assert torch.equal(layer.unfold(x), ref)
+    assert torch.equal(layer.patch_rows(x), ref.transpose(1, 2).reshape(-1, ref.shape[1]))
+    cols = torch.randn_like(ref)
+    torch.testing.assert_close(layer.fold(cols, hw),
+                               torch.nn.functional.fold(cols, hw, k, dil, pad, stride),
+                               rtol=0, atol=1e-12)
