@@ -163,3 +163,27 @@ def test_conv_patches_and_fold_equal_torch_unfold_and_fold(k, stride, pad, dil, 
     torch.testing.assert_close(layer.fold(cols, hw),
                                torch.nn.functional.fold(cols, hw, k, dil, pad, stride),
                                rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,stride,pad,dil", [(3, 1, 1, 1), (3, 2, 2, 1), (1, 2, 0, 1),
+                                              (2, 1, 1, 2)])
+def test_conv_forward_periphery_on_patches_equals_the_unfold_path(k, stride, pad, dil):
+    """The fused path (max-pooled patch maxima, im2col and DAC scaling in one pass) gives
+    bit-identical outputs to the periphery on F.unfold's columns with the same noise draws."""
+    from analogpipe.nn import AnalogConv2d
+    from analogpipe.presets import paper_config
+    from analogpipe.tiles.io import analog_mvm, analog_mvm_patches
+
+    cfg = paper_config(update="expected")
+    layer = AnalogConv2d(3, 5, k, stride=stride, padding=pad, dilation=dil, config=cfg)
+    x = torch.randn(2, 3, 9, 8)
+    x[0, :, :4] = 0  # whole zero patches: alpha 0, output exactly 0
+    cols = torch.nn.functional.unfold(x, k, dil, pad, stride)
+    alpha = layer.patch_absmax(x)
+    assert torch.equal(alpha.reshape(2, 1, -1), cols.abs().amax(1, keepdim=True))
+    io, w = cfg.forward, layer.tile.weight
+    ref = analog_mvm(cols, w, io, torch.Generator().manual_seed(3), columns=True)
+    fused = analog_mvm_patches(layer._patches(x), alpha, w, io, torch.Generator().manual_seed(3))
+    assert torch.equal(fused, ref)
+    assert torch.equal(analog_mvm_patches(layer._patches(x), None, w, io,
+                                          torch.Generator().manual_seed(3)), ref)

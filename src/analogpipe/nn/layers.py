@@ -170,8 +170,11 @@ class _ConvFn(torch.autograd.Function):
                             layer.dilation)
         n, _, h, w = x.shape
         ho, wo = layer.output_hw(h, w)
-        cols = layer.unfold(x)  # [N, C*kh*kw, L]: one patch per column
-        y = tile.forward_cols(cols).view(n, tile.out_size, ho, wo)
+        # every patch through the periphery: the im2col copy and the DAC scaling in one pass,
+        # the patch maxima from a max-pool of the channel maxima (9x less to read)
+        absmax = tile.config.forward.noise_management == "abs_max"
+        alpha = layer.patch_absmax(x) if absmax else None
+        y = tile.forward_patches(layer._patches(x), alpha).view(n, tile.out_size, ho, wo)
         return y if bias is None else y + bias[None, :, None, None]
 
     @staticmethod
@@ -295,6 +298,17 @@ class AnalogConv2d(nn.Module):
         s0, s1, s2, s3 = xp.stride()
         return xp.as_strided((n, c, kh, kw, ho, wo),
                              (s0, s1, dh * s2, dw * s3, sh * s2, sw * s3), xp.storage_offset())
+
+    def patch_absmax(self, x: Tensor) -> Tensor:
+        """max |x| over every patch [N, 1, 1, 1, H_out, W_out] (zero padding counts as 0): a
+        max-pool of the per-pixel channel maxima, exact (max is exact) and 9x less to read
+        than the patches for a 3x3 kernel."""
+        m = x.abs().amax(dim=1, keepdim=True)
+        ph, pw = self.padding
+        if ph or pw:
+            m = F.pad(m, (pw, pw, ph, ph))  # zeros, as the conv pads
+        a = F.max_pool2d(m, self.kernel_size, self.stride, 0, self.dilation)
+        return a[:, :, None, None]
 
     def unfold(self, x: Tensor) -> Tensor:
         """`F.unfold(x)` [N, C*kh*kw, L] (the same values, as one strided copy: several times

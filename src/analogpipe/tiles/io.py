@@ -91,29 +91,62 @@ def analog_mvm(
     the same per-vector periphery, without transposing to rows and back.
     Output noise is drawn with `analogpipe.tiles.rng.normal_` (large fills split over threads).
     """
-    if columns:
-        w = weight.t() if transposed else weight  # batched left operand: w @ x
-
-        def mvm(x: Tensor) -> Tensor:
-            return torch.bmm(w.expand(x.shape[0], *w.shape), x)
-    else:
-        w = weight.t() if not transposed else weight  # matmul operand: rows @ w
-
-        def mvm(x: Tensor) -> Tensor:
-            return x @ w
+    w = (weight.t() if transposed else weight) if columns else \
+        (weight if transposed else weight.t())
     if io.is_perfect:
-        return mvm(inp)
-    # The steps are folded into per-vector factors so that each pass over the inputs is one
-    # in-place op: x_int = round(x / (alpha * step)) holds DAC levels, y = (x_int W) * step.
-    i_step, o_step = io.inp_step, io.out_step
+        return _columns_mvm(w, inp) if columns else inp @ w
+    x, alpha = _dac(inp, io, -2 if columns else -1)
+    return _adc(_columns_mvm(w, x) if columns else x @ w, io, alpha, generator)
+
+
+def analog_mvm_patches(
+    patches: Tensor, alpha: Tensor | None, weight: Tensor, io: IOConfig,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The forward MVM of every conv patch: y = W x per patch, as `analog_mvm(F.unfold(x),
+    columns=True)` computes it, with the im2col copy and the DAC's scaling done in one pass.
+
+    patches: [N, C, kh, kw, H_out, W_out] (a strided view of the padded input); alpha: the
+    abs-max of every patch [N, 1, 1, 1, H_out, W_out] (None: computed here; ignored without
+    abs-max noise management); weight: [out, C*kh*kw]. Returns [N, out, H_out * W_out].
+    """
+    n, c, kh, kw, ho, wo = patches.shape
+    cols = torch.empty((n, c * kh * kw, ho * wo), dtype=patches.dtype, device=patches.device)
+    if io.is_perfect:
+        cols.view(patches.shape).copy_(patches)
+        return _columns_mvm(weight, cols)
+    if alpha is None and io.noise_management == "abs_max":
+        alpha = patches.abs().amax(dim=(1, 2, 3), keepdim=True)
+    _, alpha = _dac(patches, io, None, alpha=alpha, out=cols.view(patches.shape))
+    if alpha is not None:
+        alpha = alpha.reshape(n, 1, ho * wo)
+    return _adc(_columns_mvm(weight, cols), io, alpha, generator)
+
+
+def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
+    """w [m, n] times every matrix of x [N, n, L] -> [N, m, L]."""
+    return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+
+
+def _dac(inp: Tensor, io: IOConfig, dim: int | None, alpha: Tensor | None = None,
+         out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Input side: (DAC levels x_int = round(x / (alpha * step)), clipped; alpha) with alpha
+    the abs-max of every vector along `dim` (or given) under abs-max noise management, else
+    None. Written to `out` if given. The steps are folded into per-vector factors so that
+    each pass over the inputs is one op; y = (x_int W) * step later."""
+    i_step = io.inp_step
     if io.noise_management == "abs_max":
-        alpha = inp.abs().amax(dim=-2 if columns else -1, keepdim=True)
+        if alpha is None:
+            alpha = inp.abs().amax(dim=dim, keepdim=True)
         # a zero vector stays exactly zero (aihwkit: alpha = 0 gives output 0)
         inv = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).reciprocal_()
-        x = inp * (inv / i_step if i_step > 0 else inv)
+        x = torch.mul(inp, inv / i_step if i_step > 0 else inv, out=out)
     else:
         alpha = None
-        x = inp * (1 / i_step) if i_step > 0 else inp.clone()
+        if i_step > 0:
+            x = torch.mul(inp, 1 / i_step, out=out)
+        else:
+            x = inp.clone() if out is None else out.copy_(inp)
     if i_step > 0:
         x.round_()
         level = io.inp_bound / i_step
@@ -121,7 +154,14 @@ def analog_mvm(
             x.clamp_(-level, level)
     elif alpha is None or io.inp_bound < 1:
         x.clamp_(-io.inp_bound, io.inp_bound)
-    y = mvm(x)
+    return x, alpha
+
+
+def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
+         generator: torch.Generator | None) -> Tensor:
+    """Output side, in place on the MVM result y of DAC levels: the input step, output noise,
+    ADC quantization and clip, and the abs-max scale back."""
+    i_step, o_step = io.inp_step, io.out_step
     if i_step > 0:
         y.mul_(i_step)
     if io.out_noise > 0:

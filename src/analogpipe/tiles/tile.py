@@ -37,7 +37,7 @@ from analogpipe.devices import (
     sample_device_state,
 )
 from analogpipe.errors import ConfigError, check
-from analogpipe.tiles.io import IOConfig, analog_mvm
+from analogpipe.tiles.io import IOConfig, analog_mvm, analog_mvm_patches
 from analogpipe.tiles.pulses import UpdateConfig, pulsed_update_
 
 
@@ -319,6 +319,14 @@ class AnalogTile(nn.Module):
         purpose = "forward" if self.training else "eval"
         return analog_mvm(x, self.weight, self.config.forward, self.generator(purpose),
                           columns=True)
+
+    def forward_patches(self, patches: Tensor, alpha: Tensor | None) -> Tensor:
+        """`forward_cols` of conv patches given as a strided view [N, C, kh, kw, Ho, Wo] (and
+        their abs-max [N, 1, 1, 1, Ho, Wo], or None) -> [N, out, Ho*Wo]; see
+        `analog_mvm_patches`."""
+        purpose = "forward" if self.training else "eval"
+        return analog_mvm_patches(patches, alpha, self.weight, self.config.forward,
+                                  self.generator(purpose))
 
     def backward_cols(self, d: Tensor) -> Tensor:
         """`backward_rows` on vectors laid out as columns: d [N, out, L] -> [N, in, L]."""
