@@ -193,8 +193,6 @@ class _Trains:
         if self.rows == 0:  # no sample can fire
             return
         n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
-        if self.int8:  # bytes instead of float32: the same memory holds more bits
-            budget *= INT8_BUDGET_FACTOR
         chunk: list[tuple[int, int, int]] = []
         rows = 0
         for b0, b1, t in self.blocks:
@@ -365,7 +363,7 @@ SPARSE_D_DENSITY = 0.05
 # On the CPU, a call that draws at least this many bits (x and d sides together) draws them
 # byte-wise as int8 and counts with int8 GEMMs; below it the float path's fewer calls win.
 INT8_MIN_ELEMENTS = 1 << 18
-INT8_BUDGET_FACTOR = 64  # one byte per bit instead of float32
+INT8_BUDGET_FACTOR = 32  # bits per chunk: 32 x chunk_elements, ~4 bytes each (34 MiB)
 
 
 def _chunk_counts(xa: Tensor, xs: Tensor, da: Tensor, ds: Tensor,
@@ -404,7 +402,9 @@ def signed_counts(
         return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
     trains = _Trains(x, d, lr, dw_min, cfg)
     # each chunk adds [out, in] counts: chunks of at least 4x that many bits amortize it
-    budget = max(cfg.chunk_elements, 4 * n_in * n_out)
+    # (int8 bits are bytes: larger chunks for the same memory, fewer calls)
+    budget = max(cfg.chunk_elements * (INT8_BUDGET_FACTOR if trains.int8 else 1),
+                 4 * n_in * n_out)
     if sparse and 0 < trains.rows * (n_in + n_out) <= n_in * n_out:
         parts = trains.draw(budget, generator)
         # one chunk: if the trains fire on few rows / columns, count (and later update)
