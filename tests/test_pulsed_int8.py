@@ -83,7 +83,7 @@ def test_int8_path_counts_have_the_expected_mean(int8_always):
     total = ups + downs
     torch.testing.assert_close(total.mean(0), expected_pulse_count(x, d, lr, dw),
                                rtol=0.05, atol=0.05)
-    _, _, bl = pulse_probabilities(x, d, lr, dw, ucfg)
+    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw, ucfg)
     for s in range(6):
         n = sum(pulse_counts(x[s:s + 1], d[s:s + 1], lr, dw, ucfg, gen))
         assert n.max() <= bl[s]
@@ -125,3 +125,32 @@ def test_int8_and_float_paths_agree_in_distribution(monkeypatch):
         means.append((runs.mean(0), runs.std(0) / 1500**0.5))
     (m0, s0), (m1, s1) = means
     assert ((m0 - m1).abs() <= 5 * (s0**2 + s1**2).sqrt() + 1e-6).all()
+
+
+@pytest.mark.parametrize("scale", [0.05, 3.0])  # BL 1 and long trains
+def test_one_sample_path_has_the_expected_counts_per_direction(scale):
+    """Batch 1 takes a lean path: per-direction mean counts over many draws equal
+    BL p_d,i p_x,j (= lr |d_i x_j| / dw_min unless the train is clipped at desired_bl) on the
+    side of sign(d_i x_j) (5 SEM), zero on the other."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 7, generator=g) * scale
+    d = torch.randn(1, 5, generator=g)
+    x[0, 2] = 0.0  # a zero input never fires
+    lr, dw = 0.05, 0.01
+    ucfg = UpdateConfig(mode="pulsed")
+    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw, ucfg)
+    assert (bl.item() == 1) == (scale < 1)
+    gen = torch.Generator().manual_seed(0)
+    reps = 4000
+    ups, downs = zip(*(pulse_counts(x, d, lr, dw, ucfg, gen) for _ in range(reps)))
+    ups, downs = torch.stack(ups), torch.stack(downs)
+    per = bl.item() * p_d.t() @ p_x
+    if scale < 1:  # unclipped: the update's mean is the gradient's
+        torch.testing.assert_close(per, lr * d.abs().t() @ x.abs() / dw)
+    down_side = (torch.sign(d).t() @ torch.sign(x)) > 0  # d x > 0: down pulses
+    for counts, side in ((downs, down_side), (ups, ~down_side)):
+        mean, sem = counts.mean(0), counts.std(0) / reps**0.5
+        want = torch.where(side, per, torch.zeros_like(per))
+        assert ((mean - want).abs() <= 5 * sem + 1e-6).all()
+    assert not ups[:, :, 2].any() and not downs[:, :, 2].any()
+    assert (ups + downs).max() <= bl.item()

@@ -400,6 +400,8 @@ def signed_counts(
     like = dict(device=x.device, dtype=x.dtype)
     if lr == 0 or x.shape[0] == 0:
         return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
+    if x.shape[0] == 1:  # one sample (batch 1): a lean path without the chunk machinery
+        return _one_sample_counts(x, d, lr, dw_min, cfg, generator, sparse)
     trains = _Trains(x, d, lr, dw_min, cfg)
     # each chunk adds [out, in] counts: chunks of at least 4x that many bits amortize it
     # (int8 bits are bytes: larger chunks for the same memory, fewer calls)
@@ -437,6 +439,43 @@ def signed_counts(
     if signed is None:  # nothing can fire
         return torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like), None, None
     return signed.to(x.dtype), total.to(x.dtype), None, None
+
+
+def _one_sample_counts(
+    x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig,
+    generator: torch.Generator | None, sparse: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """`signed_counts` of a single sample (x [1, in], d [1, out]) in a few small ops: its BL
+    slots are drawn at once ([BL, in] and [BL, out] uniforms, as the float route draws them),
+    and the counts are formed on the fired rows and columns only. Within one sample every
+    coincidence at (i, j) has the sign of d_i x_j, so signed = sign(d_i x_j) * total."""
+    n_in, n_out = x.shape[1], d.shape[1]
+    like = dict(device=x.device, dtype=x.dtype)
+    p_x, p_d, bl_t = pulse_probabilities(x, d, lr, dw_min, cfg)
+    bl = int(bl_t[0])
+    fire_x = torch.rand((bl, n_in), generator=generator, **like) < p_x
+    fire_d = torch.rand((bl, n_out), generator=generator, **like) < p_d
+    if bl > 1:
+        cols = fire_x.any(0).nonzero().squeeze(1)
+        rows = fire_d.any(0).nonzero().squeeze(1)
+    else:
+        cols, rows = fire_x[0].nonzero().squeeze(1), fire_d[0].nonzero().squeeze(1)
+    sign = torch.sign(d[0].index_select(0, rows))[:, None] * \
+        torch.sign(x[0].index_select(0, cols))[None, :]
+    if bl > 1:
+        total = fire_d.index_select(1, rows).to(x.dtype).t() @ \
+            fire_x.index_select(1, cols).to(x.dtype)
+        signed = total * sign
+    else:  # one slot: every fired pair coincides once
+        total, signed = torch.ones_like(sign), sign
+    if sparse and rows.numel() * cols.numel() * 2 <= n_in * n_out:
+        return signed, total, rows, cols
+    dense_s, dense_t = torch.zeros(n_out, n_in, **like), torch.zeros(n_out, n_in, **like)
+    if rows.numel() and cols.numel():
+        idx = (rows[:, None] * n_in + cols[None, :]).view(-1)
+        dense_s.view(-1).index_copy_(0, idx, signed.reshape(-1))
+        dense_t.view(-1).index_copy_(0, idx, total.reshape(-1))
+    return dense_s, dense_t, None, None
 
 
 def pulse_counts(
