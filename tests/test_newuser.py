@@ -239,3 +239,61 @@ def test_empty_out_is_refused(tmp_path, capsys, monkeypatch):
     code, err = run_cli(capsys, "train", "--out", "", *TINY)
     assert code == 2 and "--out is empty" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --- third pass (speed work): edge shapes and dtypes ----------------------------------------
+@pytest.mark.parametrize("mode", ["expected", "pulsed"])
+def test_conv_kernel_larger_than_the_padded_input_is_refused(mode):
+    """nn.Conv2d raises here; the analog conv must not return an empty output silently."""
+    from analogpipe.errors import ConfigError
+    from analogpipe.nn import AnalogConv1d, AnalogConv2d
+    from analogpipe.presets import paper_config
+
+    cfg = paper_config(update=mode)
+    with pytest.raises(ConfigError, match="smaller than the dilated kernel"):
+        AnalogConv2d(3, 4, 5, padding=1, config=cfg)(torch.randn(1, 3, 2, 2))
+    with pytest.raises(ConfigError, match="smaller than the dilated kernel"):
+        AnalogConv1d(2, 3, 10, padding=1, config=cfg)(torch.randn(1, 2, 7))
+
+
+@pytest.mark.parametrize("mode", ["expected", "pulsed"])
+def test_conv_with_an_empty_batch_runs_like_nn_conv2d(mode):
+    from analogpipe.nn import convert_to_analog
+    from analogpipe.optim import AnalogSGD
+    from analogpipe.presets import paper_config
+
+    layer = convert_to_analog(torch.nn.Conv2d(3, 4, 3), paper_config(update=mode))
+    w0 = layer.tile.weight.clone()
+    x = torch.randn(0, 3, 5, 5, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    assert y.shape == (0, 4, 3, 3) and x.grad.shape == x.shape
+    AnalogSGD(layer, lr=0.1).step()
+    assert torch.equal(layer.tile.weight, w0)
+
+
+def test_pulsed_float64_model_with_mixed_train_lengths_steps():
+    """A float64 model whose samples get different train lengths (the float route's d bit
+    density is computed per length): trains, stays float64."""
+    from analogpipe.nn import convert_to_analog
+    from analogpipe.optim import AnalogSGD
+    from analogpipe.presets import paper_config
+    from analogpipe.tiles.pulses import UpdateConfig, pulse_probabilities
+
+    net = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 4)).double()
+    model = convert_to_analog(net, paper_config(update="pulsed"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 16, generator=g, dtype=torch.float64) * \
+        torch.logspace(-2, 1, 32, dtype=torch.float64)[:, None]
+    _, _, bl = pulse_probabilities(x, torch.ones(32, 8, dtype=torch.float64), 0.1, 0.001,
+                                   UpdateConfig())
+    assert len(set(bl.tolist())) > 1
+    opt = AnalogSGD(model, lr=0.1)
+    before = [t.weight.clone() for t in (model[0].tile, model[2].tile)]
+    torch.nn.functional.cross_entropy(model(x), torch.randint(0, 4, (32,), generator=g),
+                                      reduction="sum").backward()
+    opt.step()
+    after = [t.weight for t in (model[0].tile, model[2].tile)]
+    assert all(a.dtype == torch.float64 for a in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))

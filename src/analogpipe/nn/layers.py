@@ -194,7 +194,7 @@ class _ConvFn(torch.autograd.Function):
         else:
             if need_x:
                 # errors as columns [N, out, L]; W^T d per output pixel, on the current weights
-                z = tile.backward_cols(d.reshape(d.shape[0], tile.out_size, -1))
+                z = tile.backward_cols(d.flatten(2))
                 dx = layer.fold(z, x.shape[-2:])
             if need_b:
                 db = d.sum((0, 2, 3))
@@ -348,6 +348,13 @@ class AnalogConv2d(nn.Module):
         _check_dtype(self, x)
         check(x.dim() == 4 and x.shape[1] == self.in_channels, "conv input shape",
               tuple(x.shape), f"[N, {self.in_channels}, H, W]")
+        ho, wo = self.output_hw(x.shape[2], x.shape[3])
+        if ho < 1 or wo < 1:
+            raise ConfigError(
+                f"{type(self).__name__}({self.extra_repr()}): input size "
+                f"{tuple(x.shape[2:])} (padded by {self.padding}) is smaller than the dilated "
+                f"kernel; the output would be {ho}x{wo}. Use a larger input or a smaller "
+                "kernel / dilation")
         scale = self.tile.out_scale
         if scale is None:
             return _ConvFn.apply(x, self.bias, self._anchor, self)

@@ -182,7 +182,8 @@ class _Trains:
         p_d = self.p_d
         if len(self.blocks) == 1:
             return float(p_d.mean())
-        bl_rows = torch.cat([torch.full((b1 - b0,), float(t), device=p_d.device)
+        bl_rows = torch.cat([torch.full((b1 - b0,), float(t), device=p_d.device,
+                                        dtype=p_d.dtype)
                              for b0, b1, t in self.blocks])
         return float(bl_rows @ p_d.sum(dim=1)) / (self.rows * p_d.shape[1])
 
