@@ -9,7 +9,8 @@ does. The cost is memory: the resident size stays at the heap's high-water mark 
 instead of dropping, and heap fragmentation can put that mark above the step's true peak (a
 third above it for two pulsed 64-channel convs at batch 128: 2.9 GB against 2.2 GB). The same
 remedy as linking jemalloc or tcmalloc, which PyTorch's CPU performance guide suggests; it is
-applied by the `analogpipe` command and is opt-in for library use. `ANALOGPIPE_MALLOC=system` turns it off.
+applied by the `analogpipe` command and is opt-in for library use.
+`ANALOGPIPE_MALLOC=system` turns it off.
 """
 
 from __future__ import annotations
