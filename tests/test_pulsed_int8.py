@@ -28,7 +28,7 @@ def test_byte_trials_fire_with_probability_p(dtype):
     fires and p = 1 always does (ties at the top level resolve to a fire)."""
     p = torch.tensor([[0.0, 1e-4, 1 / 256, 0.5 / 256, 0.3, 0.5, 200.5 / 256, 0.999, 1.0]],
                      dtype=dtype)
-    side = _ByteThresholds(p, torch.ones_like(p))
+    side = _ByteThresholds(p * 256, torch.ones_like(p))
     t = 1 << 20
     gen = torch.Generator().manual_seed(0)
     bits, signed = side.draw([(0, 1, t)], t, gen, False, pulses._Arena(side.bytes_needed(t, False),
@@ -46,7 +46,7 @@ def test_byte_trials_signed_and_independent_across_slots():
     (P(both fire) = p^2)."""
     p = torch.tensor([[0.3, 0.7], [0.5, 0.05]])
     sign = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
-    side = _ByteThresholds(p, sign)
+    side = _ByteThresholds(p * 256, sign)
     t = 1 << 16
     gen = torch.Generator().manual_seed(1)
     rows = 2 * t

@@ -71,8 +71,17 @@ def pulse_probabilities(
 
     x: [S, in], d: [S, out]. Returns p_x [S, in], p_d [S, out] (in [0, 1]) and BL [S] (int64).
     """
-    x_max = x.abs().amax(dim=1)
-    d_max = d.abs().amax(dim=1)
+    x_abs, d_abs = x.abs(), d.abs()
+    a, b, bl = _row_factors(x_abs.amax(dim=1), d_abs.amax(dim=1), lr, dw_min, cfg)
+    p_x = x_abs.mul_(b[:, None]).clamp_max_(1.0)
+    p_d = d_abs.mul_(a[:, None]).clamp_max_(1.0)
+    return p_x, p_d, bl.to(torch.int64)
+
+
+def _row_factors(x_max: Tensor, d_max: Tensor, lr: float, dw_min: float,
+                 cfg: UpdateConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """(A, B, BL) per sample [S] from the row maxima: p_d = min(A |d|, 1), p_x = min(B |x|, 1)
+    (BL as floats)."""
     k = lr * x_max * d_max / dw_min  # [S]
     if cfg.update_bl_management:
         bl = torch.ceil(k).clamp(1, cfg.desired_bl)
@@ -86,9 +95,7 @@ def pulse_probabilities(
         ratio = torch.where(ok, x_max / torch.where(ok, d_tilde, 1.0), 1.0)
         a = a * torch.sqrt(ratio)
         b = b / torch.sqrt(ratio)
-    p_x = (b[:, None] * x.abs()).clamp_max(1.0)
-    p_d = (a[:, None] * d.abs()).clamp_max(1.0)
-    return p_x, p_d, bl.to(torch.int64)
+    return a, b, bl
 
 
 def _draw(p_x: Tensor, p_d: Tensor, bl: Tensor, s_x: Tensor, s_d: Tensor,
@@ -127,22 +134,22 @@ def coincidence_counts(x_bits: Tensor, d_bits: Tensor) -> tuple[Tensor, Tensor]:
     return total.sub_(signed).mul_(0.5), n_down
 
 
-def _probabilities(
-    x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`pulse_probabilities` plus which samples can fire at all (both sides nonzero)."""
-    p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
-    return p_x, p_d, bl, (p_x.amax(dim=1) > 0) & (p_d.amax(dim=1) > 0)
-
-
 class _Trains:
     """The samples that can fire, ordered so that samples with the same train length are
     contiguous: blocks of (first row, last row, BL). Slots beyond a sample's BL are never drawn
     (the old masked slots were silent), so the cost follows sum_s BL_s, not S * max BL."""
 
     def __init__(self, x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig) -> None:
-        p_x, p_d, bl, active = _probabilities(x, d, lr, dw_min, cfg)
-        s_x, s_d = torch.sign(x), torch.sign(d)
+        # the same probabilities as `pulse_probabilities`, formed after the samples are
+        # selected and ordered (one gather of x and of d instead of four of p and signs)
+        x_max, d_max = x.abs().amax(dim=1), d.abs().amax(dim=1)
+        a, b, bl_f = _row_factors(x_max, d_max, lr, dw_min, cfg)
+        bl = bl_f.to(torch.int64)
+        # max_j min(B |x_j|, 1) = min(B max|x|, 1): a sample can fire iff B max|x| > 0 and
+        # A max|d| > 0
+        active = (b * x_max > 0) & (a * d_max > 0)
+        self.n_in, self.n_out = x.shape[1], d.shape[1]
+        self.device, self.dtype = x.device, x.dtype
         order: Tensor | None = None
         if not bool(active.all()):
             order = active.nonzero().squeeze(1)
@@ -164,15 +171,24 @@ class _Trains:
                 self.blocks.append((start, start + c, v))
                 start += c
         if order is not None:
-            p_x, p_d, s_x, s_d = p_x[order], p_d[order], s_x[order], s_d[order]
-        self.p_x, self.p_d, self.s_x, self.s_d = p_x, p_d, s_x, s_d
+            x, d, a, b = x[order], d[order], a[order], b[order]
         self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
         # large draws on the CPU: byte-wise Bernoulli trials and int8 count matmuls
-        self.int8 = (p_x.device.type == "cpu"
-                     and self.rows * (p_x.shape[1] + p_d.shape[1]) >= INT8_MIN_ELEMENTS)
+        self.int8 = (x.device.type == "cpu"
+                     and self.rows * (self.n_in + self.n_out) >= INT8_MIN_ELEMENTS)
         if self.int8:
-            self.x_nonneg = not bool((s_x < 0).any())
-            self.sides = (_ByteThresholds(p_x, s_x), _ByteThresholds(p_d, s_d))
+            # 256 p = min(256 B |x|, 256) exactly (a power-of-two factor): the byte levels
+            # without forming p
+            self.x_nonneg = bool(x.amin() >= 0)
+            self.sides = (
+                _ByteThresholds(x.abs().mul_((256 * b)[:, None]).clamp_max_(256.0),
+                                None if self.x_nonneg else torch.sign(x)),
+                _ByteThresholds(d.abs().mul_((256 * a)[:, None]).clamp_max_(256.0),
+                                torch.sign(d)))
+            return
+        self.p_x = x.abs().mul_(b[:, None]).clamp_max_(1.0)
+        self.p_d = d.abs().mul_(a[:, None]).clamp_max_(1.0)
+        self.s_x, self.s_d = torch.sign(x), torch.sign(d)
 
     @property
     def d_density(self) -> float:
@@ -193,7 +209,7 @@ class _Trains:
         train lengths it holds."""
         if self.rows == 0:  # no sample can fire
             return
-        n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
+        n_in, n_out = self.n_in, self.n_out
         chunk: list[tuple[int, int, int]] = []
         rows = 0
         for b0, b1, t in self.blocks:
@@ -237,7 +253,7 @@ class _Trains:
         x side's signed bits are its bits when no input is negative (ReLU layers)."""
         x_side, d_side = self.sides
         need = x_side.bytes_needed(rows, not self.x_nonneg) + d_side.bytes_needed(rows, True)
-        alloc = _Arena(need, self.p_x.device)
+        alloc = _Arena(need, self.device)
         xa, xs = x_side.draw(pieces, rows, generator, not self.x_nonneg, alloc)
         da, ds = d_side.draw(pieces, rows, generator, True, alloc)
         return xa, (xa if xs is None else xs), da, ds
@@ -253,12 +269,13 @@ class _ByteThresholds:
     generator gives eight trials.
     """
 
-    def __init__(self, p: Tensor, sign: Tensor) -> None:
-        scaled = p * 256
+    def __init__(self, scaled: Tensor, sign: Tensor | None) -> None:
+        """scaled: 256 p [S, width] (consumed: it becomes F); sign: the signs of the
+        samples' values [S, width], or None when only unsigned bits are drawn."""
         level = scaled.floor().clamp_(max=255)
         self.frac = scaled.sub_(level)  # F, in p's dtype
         self.level = level.to(torch.uint8)  # P [S, width]
-        self.sign = sign.to(torch.int8)
+        self.sign = None if sign is None else sign.to(torch.int8)
 
     def bytes_needed(self, rows: int, signed: bool) -> int:
         """Workspace of one `draw` (each buffer rounded up to `_Arena.ALIGN`)."""
