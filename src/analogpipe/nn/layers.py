@@ -199,16 +199,8 @@ class _ConvFn(torch.autograd.Function):
             if need_b:
                 db = d.sum((0, 2, 3))
         if tile.needs_rows:
-            x_rows = layer.patch_rows(x)  # [N*L, C*kh*kw], one copy from x
-            # d as rows [N*L, out], compensated for the output scale in the same pass
-            d_view = d.flatten(2).transpose(1, 2)
-            d_rows = torch.empty(d_view.shape, dtype=d.dtype, device=d.device)
-            comp = tile.update_compensation()
-            if comp is None:
-                d_rows.copy_(d_view)
-            else:
-                torch.mul(d_view, comp, out=d_rows)
-            tile.stash_rows(x_rows, d_rows.view(-1, tile.out_size), compensated=True)
+            # patches as rows [N*L, C*kh*kw] (one copy from x); d as a view [N, L, out]
+            tile.stash_rows(layer.patch_rows(x), d.flatten(2).transpose(1, 2))
         else:
             # sum over patches of d x^T is the conv weight gradient; |d| |x|^T likewise
             if grad is None:
@@ -293,8 +285,8 @@ class AnalogConv2d(nn.Module):
         ph, pw = self.padding
         xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        n, c, hp, wp = xp.shape
-        ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        n, c = x.shape[:2]
+        ho, wo = self.output_hw(x.shape[2], x.shape[3])
         s0, s1, s2, s3 = xp.stride()
         return xp.as_strided((n, c, kh, kw, ho, wo),
                              (s0, s1, dh * s2, dw * s3, sh * s2, sw * s3), xp.storage_offset())

@@ -115,9 +115,7 @@ def analog_mvm_patches(
     if io.is_perfect:
         cols.view(patches.shape).copy_(patches)
         return _columns_mvm(weight, cols)
-    if alpha is None and io.noise_management == "abs_max":
-        alpha = patches.abs().amax(dim=(1, 2, 3), keepdim=True)
-    _, alpha = _dac(patches, io, None, alpha=alpha, out=cols.view(patches.shape))
+    _, alpha = _dac(patches, io, (1, 2, 3), alpha=alpha, out=cols.view(patches.shape))
     if alpha is not None:
         alpha = alpha.reshape(n, 1, ho * wo)
     return _adc(_columns_mvm(weight, cols), io, alpha, generator)
@@ -128,7 +126,7 @@ def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(w.expand(x.shape[0], *w.shape), x)
 
 
-def _dac(inp: Tensor, io: IOConfig, dim: int | None, alpha: Tensor | None = None,
+def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | None = None,
          out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Input side: (DAC levels x_int = round(x / (alpha * step)), clipped; alpha) with alpha
     the abs-max of every vector along `dim` (or given) under abs-max noise management, else

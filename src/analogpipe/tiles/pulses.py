@@ -149,7 +149,7 @@ class _Trains:
         # A max|d| > 0
         active = (b * x_max > 0) & (a * d_max > 0)
         self.n_in, self.n_out = x.shape[1], d.shape[1]
-        self.device, self.dtype = x.device, x.dtype
+        self.device = x.device
         order: Tensor | None = None
         if not bool(active.all()):
             order = active.nonzero().squeeze(1)
@@ -473,11 +473,8 @@ def _one_sample_counts(
     bl = int(bl_t[0])
     fire_x = torch.rand((bl, n_in), generator=generator, **like) < p_x
     fire_d = torch.rand((bl, n_out), generator=generator, **like) < p_d
-    if bl > 1:
-        cols = fire_x.any(0).nonzero().squeeze(1)
-        rows = fire_d.any(0).nonzero().squeeze(1)
-    else:
-        cols, rows = fire_x[0].nonzero().squeeze(1), fire_d[0].nonzero().squeeze(1)
+    cols = fire_x.any(0).nonzero().squeeze(1)
+    rows = fire_d.any(0).nonzero().squeeze(1)
     sign = torch.sign(d[0].index_select(0, rows))[:, None] * \
         torch.sign(x[0].index_select(0, cols))[None, :]
     if bl > 1:

@@ -314,14 +314,8 @@ class AnalogTile(nn.Module):
         return analog_mvm(d, self.weight, self.config.backward, self.generator("backward"),
                           transposed=True)
 
-    def forward_cols(self, x: Tensor) -> Tensor:
-        """`forward_rows` on vectors laid out as columns: x [N, in, L] -> [N, out, L]."""
-        purpose = "forward" if self.training else "eval"
-        return analog_mvm(x, self.weight, self.config.forward, self.generator(purpose),
-                          columns=True)
-
     def forward_patches(self, patches: Tensor, alpha: Tensor | None) -> Tensor:
-        """`forward_cols` of conv patches given as a strided view [N, C, kh, kw, Ho, Wo] (and
+        """`forward_rows` of conv patches given as a strided view [N, C, kh, kw, Ho, Wo] (and
         their abs-max [N, 1, 1, 1, Ho, Wo], or None) -> [N, out, Ho*Wo]; see
         `analog_mvm_patches`."""
         purpose = "forward" if self.training else "eval"
@@ -372,18 +366,21 @@ class AnalogTile(nn.Module):
             "(the update would write non-finite weights). Check the data and the layers "
             "before it, or lower the learning rate")
 
-    def stash_rows(self, x: Tensor, d: Tensor, compensated: bool = False) -> None:
-        """Stash one use's rows x [S, in], d [S, out].
+    def stash_rows(self, x: Tensor, d: Tensor) -> None:
+        """Stash one use's rows x [S, in], d [..., out] (any leading dims, any strides: a conv
+        passes its error as a transposed view [N, L, out], stored here as rows [S, out]).
 
         d is the gradient at the tile's output (it includes out_scale); the stash holds it
-        compensated by `update_compensation()`, so the logical weight follows SGD
-        (`compensated=True`: the caller already multiplied d by it).
+        compensated by `update_compensation()`, so the logical weight follows SGD.
         Raises NonFiniteUpdateError (naming the layer) if x or d holds NaN or inf.
         """
         x, d = x.detach(), d.detach()
         comp = self.update_compensation()
-        if comp is not None and not compensated:
-            d = d * comp
+        if comp is not None or not d.is_contiguous():
+            # rows written in one pass: the compensation, the transpose and the copy
+            rows = torch.empty(d.shape, dtype=d.dtype, device=d.device)
+            d = rows.copy_(d) if comp is None else torch.mul(d, comp, out=rows)
+        d = d.reshape(-1, d.shape[-1])
         if self.needs_rows:
             if not _all_finite(x):
                 self._refuse_non_finite("the layer input x stashed for the pulsed update")
