@@ -15,20 +15,23 @@ lr |x_j| |d_i| / dw_min, so the mean update is the per-sample expected update.
 
 Vectorised over samples and slots: with signed bit tensors X_b [S*T, in] and D_b [S*T, out],
 two matmuls give the counts, `D_b^T X_b = n_down - n_up` and `|D_b|^T |X_b| = n_down + n_up`.
-Slots beyond a sample's own BL_s are masked, so the train length adapts per sample.
+Slots beyond a sample's own BL_s are never drawn, so the cost follows sum_s BL_s. Large
+draws on the CPU run `analogpipe.tiles.pulsekernel` instead: the same trials packed into bit
+masks per sample, counted by AND and popcount (same distribution, other random numbers).
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from analogpipe.devices import DeviceConfig, DeviceState, apply_pulse_counts_
 from analogpipe.errors import check
-from analogpipe.tiles.rng import random_bits_
+from analogpipe.tiles import pulsekernel
+from analogpipe.tiles.rng import thread_pool
 
 UPDATE_MODES = ("expected", "pulsed")
 GRANULARITIES = ("sample", "microbatch")
@@ -43,8 +46,8 @@ class UpdateConfig:
                  granularity) or "microbatch" (bias from |sum_b d_b (x) x_b|, the theory's model).
     desired_bl, update_bl_management, update_management: aihwkit's pulse-train settings.
     chunk_elements: elements of the bit tensors drawn at once (a chunk of samples); small
-                 chunks stay in cache (1 << 18: 1 MiB per float tensor). The CPU's int8 route
-                 (large draws) takes INT8_BUDGET_FACTOR times as many one-byte bits per chunk.
+                 chunks stay in cache (1 << 18: 1 MiB per float tensor). Large draws on the
+                 CPU run the bit-mask kernel instead, which holds no bit tensors.
     """
 
     mode: str = "expected"
@@ -150,13 +153,26 @@ class _Trains:
         active = (b * x_max > 0) & (a * d_max > 0)
         self.n_in, self.n_out = x.shape[1], d.shape[1]
         self.device = x.device
+        self.blocks: list[tuple[int, int, int]] = []
+        # large draws on the CPU: the bit-mask kernel (`pulsekernel`), in sample order
+        self.kernel = (x.device.type == "cpu" and pulsekernel.AVAILABLE
+                       and int(bl[active].sum()) * (self.n_in + self.n_out)
+                       >= KERNEL_MIN_ELEMENTS)
+        if self.kernel:
+            self.bl = bl.masked_fill_(~active, 0)
+            self.rows = int(self.bl.sum())
+            self.p_x = x.abs().mul_(b[:, None]).clamp_max_(1.0)
+            self.p_d = d.abs().mul_(a[:, None]).clamp_max_(1.0)
+            # signs as "negative" flags; none for inputs without negative values (ReLU)
+            self.neg_x = x < 0 if bool(x.amin() < 0) else x.new_empty((0, self.n_in),
+                                                                         dtype=torch.bool)
+            self.neg_d = d < 0
+            return
         order: Tensor | None = None
         if not bool(active.all()):
             order = active.nonzero().squeeze(1)
         bl_a = bl if order is None else bl[order]
-        self.blocks: list[tuple[int, int, int]] = []
         self.rows = 0  # sum of BL over the samples that fire
-        self.int8 = False
         if bl_a.numel() == 0:
             return
         lo, hi = int(bl_a.min()), int(bl_a.max())
@@ -173,22 +189,41 @@ class _Trains:
         if order is not None:
             x, d, a, b = x[order], d[order], a[order], b[order]
         self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
-        # large draws on the CPU: byte-wise Bernoulli trials and int8 count matmuls
-        self.int8 = (x.device.type == "cpu"
-                     and self.rows * (self.n_in + self.n_out) >= INT8_MIN_ELEMENTS)
-        if self.int8:
-            # 256 p = min(256 B |x|, 256) exactly (a power-of-two factor): the byte levels
-            # without forming p
-            self.x_nonneg = bool(x.amin() >= 0)
-            self.sides = (
-                _ByteThresholds(x.abs().mul_((256 * b)[:, None]).clamp_max_(256.0),
-                                None if self.x_nonneg else torch.sign(x)),
-                _ByteThresholds(d.abs().mul_((256 * a)[:, None]).clamp_max_(256.0),
-                                torch.sign(d)))
-            return
         self.p_x = x.abs().mul_(b[:, None]).clamp_max_(1.0)
         self.p_d = d.abs().mul_(a[:, None]).clamp_max_(1.0)
         self.s_x, self.s_d = torch.sign(x), torch.sign(d)
+
+    def kernel_counts(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(signed, total) [out, in] int64 from `pulsekernel`: the samples are cut into
+        ranges of about equal sum_s BL_s, one per intra-op thread; each range adds to its own
+        int32 counts. The trials' random numbers come from one 64-bit key drawn from
+        `generator`, so the counts do not depend on the thread count."""
+        key = int(torch.randint(-(2**63), 2**63 - 1, (1,), generator=generator,
+                                dtype=torch.int64))
+        s = self.bl.numel()
+        bits = self.rows * (self.n_in + self.n_out)
+        workers = max(1, min(torch.get_num_threads(), bits // KERNEL_PART_ELEMENTS, s))
+        ends = [0, s]
+        if workers > 1:
+            cum = torch.cumsum(self.bl, 0)
+            cuts = torch.searchsorted(cum, torch.arange(1, workers) * (self.rows / workers))
+            ends = sorted({0, s, *cuts.add_(1).clamp_(max=s).tolist()})
+        arrays = [t.contiguous().numpy() for t in (self.p_x, self.p_d, self.neg_x,
+                                                   self.neg_d, self.bl)]
+        accs = [np.zeros((2, self.n_out, self.n_in), np.int32) for _ in ends[1:]]
+
+        def run(i: int) -> None:
+            pulsekernel.count_range(*arrays, key, ends[i], ends[i + 1], accs[i])
+
+        if len(accs) == 1:
+            run(0)
+        else:
+            list(thread_pool(len(accs)).map(run, range(len(accs))))
+        acc = torch.from_numpy(accs[0]).to(torch.int64)
+        for extra in accs[1:]:
+            acc += torch.from_numpy(extra)
+        down, up = acc[0], acc[1]
+        return down - up, down + up
 
     @property
     def d_density(self) -> float:
@@ -230,8 +265,6 @@ class _Trains:
 
     def _fill(self, pieces: list[tuple[int, int, int]], rows: int,
               generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        if self.int8:
-            return self._fill_int8(pieces, rows, generator)
         n_in, n_out = self.p_x.shape[1], self.p_d.shape[1]
         like = dict(device=self.p_x.device, dtype=self.p_x.dtype)
         xa, da = torch.empty((rows, n_in), **like), torch.empty((rows, n_out), **like)
@@ -247,148 +280,21 @@ class _Trains:
             k += n
         return xa, xs, da, ds
 
-    def _fill_int8(self, pieces: list[tuple[int, int, int]], rows: int,
-                   generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """`_fill` with int8 bits {0, 1} and signed bits {-1, 0, 1} (`_ByteThresholds`); the
-        x side's signed bits are its bits when no input is negative (ReLU layers)."""
-        x_side, d_side = self.sides
-        need = x_side.bytes_needed(rows, not self.x_nonneg) + d_side.bytes_needed(rows, True)
-        alloc = _Arena(need, self.device)
-        xa, xs = x_side.draw(pieces, rows, generator, not self.x_nonneg, alloc)
-        da, ds = d_side.draw(pieces, rows, generator, True, alloc)
-        return xa, (xa if xs is None else xs), da, ds
-
-
-class _ByteThresholds:
-    """Bernoulli(p) trials from one random byte each, exactly.
-
-    With P = min(floor(256 p), 255) and F = 256 p - P in [0, 1]: a byte R < P fires, R > P does
-    not, and a tie R = P (probability 1/256) fires with probability F, from a fresh uniform.
-    So P(fire) = P / 256 + F / 256 = p (to the uniform's resolution, 2^-24 of 1/256, finer than
-    `uniform < p`), at about a sixth of the random-number cost: each 64-bit draw of the
-    generator gives eight trials.
-    """
-
-    def __init__(self, scaled: Tensor, sign: Tensor | None) -> None:
-        """scaled: 256 p [S, width] (consumed: it becomes F); sign: the signs of the
-        samples' values [S, width], or None when only unsigned bits are drawn."""
-        level = scaled.floor().clamp_(max=255)
-        self.frac = scaled.sub_(level)  # F, in p's dtype
-        self.level = level.to(torch.uint8)  # P [S, width]
-        self.sign = None if sign is None else sign.to(torch.int8)
-
-    def bytes_needed(self, rows: int, signed: bool) -> int:
-        """Workspace of one `draw` (each buffer rounded up to `_Arena.ALIGN`)."""
-        n_el = rows * self.level.shape[1]
-        pad = _Arena.pad
-        return 2 * pad((n_el + 7) // 8 * 8) + pad(n_el) * (2 if signed else 1)
-
-    def draw(self, pieces: list[tuple[int, int, int]], rows: int,
-             generator: torch.Generator | None, signed: bool,
-             alloc: _Arena) -> tuple[Tensor, Tensor | None]:
-        """(bits [rows, width] int8 in {0, 1}, signed bits or None) for a chunk's pieces
-        (sample ranges r0:r1 with t slots each, in row order)."""
-        width = self.level.shape[1]
-        dev = self.level.device
-        n_el = rows * width
-        words = (n_el + 7) // 8
-        rnd = alloc(words * 8).view(torch.int64)
-        random_bits_(rnd, generator)  # 64 random bits per word
-        byte = rnd.view(torch.uint8)[:n_el].view(rows, width)
-        bits = alloc(n_el).view(torch.bool).view(rows, width)
-        tie = alloc(words * 8).view(torch.bool)
-        tie[n_el:] = False
-        tie_rows = tie[:n_el].view(rows, width)
-        k = 0
-        for r0, r1, t in pieces:
-            n = (r1 - r0) * t
-            shape = (r1 - r0, t, width)
-            r, lv = byte[k:k + n].view(shape), self.level[r0:r1, None, :]
-            torch.lt(r, lv, out=bits[k:k + n].view(shape))
-            torch.eq(r, lv, out=tie_rows[k:k + n].view(shape))
-            k += n
-        # ties are rare: find the 8-byte words that hold one, then the positions within them
-        hit = tie.view(torch.int64).nonzero().squeeze(1)
-        if hit.numel():
-            word, lane = tie.view(-1, 8).index_select(0, hit).nonzero(as_tuple=True)
-            pos = hit.index_select(0, word).mul_(8).add_(lane)
-            row = pos.div(width, rounding_mode="floor")
-            sample = _row_samples(pieces, row)
-            flat = sample.mul_(width).add_(pos - row * width)  # index into frac [S, width]
-            u = torch.rand(pos.numel(), generator=generator, device=dev, dtype=self.frac.dtype)
-            bits.view(-1).index_put_((pos,), u < self.frac.view(-1).index_select(0, flat))
-        bits8 = bits.view(torch.int8)
-        if not signed:
-            return bits8, None
-        out = alloc(n_el).view(torch.int8).view(rows, width)
-        k = 0
-        for r0, r1, t in pieces:
-            n = (r1 - r0) * t
-            shape = (r1 - r0, t, width)
-            torch.mul(bits8[k:k + n].view(shape), self.sign[r0:r1, None, :],
-                      out=out[k:k + n].view(shape))
-            k += n
-        return bits8, out
-
-
-class _Arena:
-    """Bump allocator over a per-thread byte buffer that is kept between calls: large fresh
-    buffers would cost page faults on every chunk. Views handed out are valid until the next
-    `_Arena` on the same thread and device (each chunk is consumed before the next is drawn)."""
-
-    ALIGN = 64
-    _local = threading.local()
-
-    @staticmethod
-    def pad(n: int) -> int:
-        return (n + _Arena.ALIGN - 1) // _Arena.ALIGN * _Arena.ALIGN
-
-    def __init__(self, nbytes: int, device: torch.device) -> None:
-        cache = self._local.__dict__.setdefault("buffers", {})
-        buf = cache.get(device)
-        if buf is None or buf.numel() < nbytes:
-            buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
-            cache[device] = buf
-        self.buf, self.used = buf, 0
-
-    def __call__(self, nbytes: int) -> Tensor:
-        out = self.buf[self.used:self.used + nbytes]
-        self.used += self.pad(nbytes)
-        return out
-
-
-def _row_samples(pieces: list[tuple[int, int, int]], row: Tensor) -> Tensor:
-    """The sample index of each chunk row (pieces: sample ranges r0:r1, t slots each)."""
-    starts, first, length = [], [], []
-    k = 0
-    for r0, r1, t in pieces:
-        starts.append(k)
-        first.append(r0)
-        length.append(t)
-        k += (r1 - r0) * t
-    like = dict(device=row.device, dtype=torch.int64)
-    starts_t = torch.tensor(starts, **like)
-    piece = torch.searchsorted(starts_t, row, right=True) - 1
-    offset = (row - starts_t[piece]).div(torch.tensor(length, **like)[piece],
-                                         rounding_mode="floor")
-    return torch.tensor(first, **like)[piece] + offset
-
 
 # Below this expected density of d bits, the coincidence counts are a sparse (COO) times
 # dense product over the fired d bits only: exact, and several times cheaper than the dense
 # matmuls when few outputs fire per slot (typical with large output scales).
 SPARSE_D_DENSITY = 0.05
-# On the CPU, a call that draws at least this many bits (x and d sides together) draws them
-# byte-wise as int8 and counts with int8 GEMMs; below it the float path's fewer calls win.
-INT8_MIN_ELEMENTS = 1 << 18
-INT8_BUDGET_FACTOR = 32  # bits per chunk: 32 x chunk_elements, ~4 bytes each (34 MiB)
+# On the CPU, a call that draws at least this many trials (x and d sides together) runs the
+# bit-mask kernel (`pulsekernel`), split over the intra-op threads in parts of at least this
+# size; below it the float path's few torch calls win.
+KERNEL_MIN_ELEMENTS = 1 << 18
+KERNEL_PART_ELEMENTS = 1 << 18
 
 
 def _chunk_counts(xa: Tensor, xs: Tensor, da: Tensor, ds: Tensor,
                   sparse_d: bool) -> tuple[Tensor, Tensor]:
-    """(signed, total) [out, in] of one chunk of bit rows (int32 for int8 bits)."""
-    if xa.dtype == torch.int8:  # exact int32 counts (oneDNN's int8 GEMM on the CPU)
-        return torch._int_mm(ds.t(), xs), torch._int_mm(da.t(), xa)
+    """(signed, total) [out, in] of one chunk of bit rows."""
     if not sparse_d:
         return ds.t() @ xs, da.t() @ xa
     slot, out = da.nonzero(as_tuple=True)
@@ -421,10 +327,17 @@ def signed_counts(
     if x.shape[0] == 1:  # one sample (batch 1): a lean path without the chunk machinery
         return _one_sample_counts(x, d, lr, dw_min, cfg, generator, sparse)
     trains = _Trains(x, d, lr, dw_min, cfg)
+    if trains.kernel:
+        signed, total = (c.to(x.dtype) for c in trains.kernel_counts(generator))
+        if sparse:  # few rows / columns with pulses: count and update only that submatrix
+            rows = total.any(dim=1).nonzero().squeeze(1)
+            cols = total.any(dim=0).nonzero().squeeze(1)
+            if rows.numel() * cols.numel() * 2 <= n_in * n_out:
+                sub = (rows[:, None], cols[None, :])
+                return signed[sub], total[sub], rows, cols
+        return signed, total, None, None
     # each chunk adds [out, in] counts: chunks of at least 4x that many bits amortize it
-    # (int8 bits are bytes: larger chunks for the same memory, fewer calls)
-    budget = max(cfg.chunk_elements * (INT8_BUDGET_FACTOR if trains.int8 else 1),
-                 4 * n_in * n_out)
+    budget = max(cfg.chunk_elements, 4 * n_in * n_out)
     if sparse and 0 < trains.rows * (n_in + n_out) <= n_in * n_out:
         parts = trains.draw(budget, generator)
         # one chunk: if the trains fire on few rows / columns, count (and later update)
@@ -437,16 +350,16 @@ def signed_counts(
                 xa, xs = xa.index_select(1, cols), xs.index_select(1, cols)
             if rows.numel() < n_out:
                 da, ds = da.index_select(1, rows), ds.index_select(1, rows)
-            sparse_d = not trains.int8 and trains.d_density < SPARSE_D_DENSITY
+            sparse_d = trains.d_density < SPARSE_D_DENSITY
             signed, total = _chunk_counts(xa, xs, da, ds, sparse_d)
             return signed.to(x.dtype), total.to(x.dtype), rows, cols
         parts = iter([(xa, xs, da, ds)])
     else:
         parts = trains.draw(budget, generator)
     signed = total = None
-    sparse_d = not trains.int8 and trains.d_density < SPARSE_D_DENSITY
+    sparse_d = trains.d_density < SPARSE_D_DENSITY
     for xa, xs, da, ds in parts:
-        if sparse_d or trains.int8:
+        if sparse_d:
             sg, tt = _chunk_counts(xa, xs, da, ds, True)
             signed, total = (sg, tt) if signed is None else (signed.add_(sg), total.add_(tt))
         elif signed is None:

@@ -1,8 +1,8 @@
 """Large random fills split over the intra-op threads, reproducibly.
 
 torch's CPU generator fills a tensor serially (one Mersenne Twister stream), so on a
-multi-core CPU the output noise of a conv layer's backward MVM (millions of values) and the
-pulse trains' random bytes leave every core but one idle. Large CPU fills are therefore cut
+multi-core CPU the output noise of a conv layer's backward MVM (millions of values) leaves
+every core but one idle. Large CPU fills are therefore cut
 into parts of a fixed size; each part is filled from its own generator, seeded from one draw
 of the caller's generator, and the parts run on up to `torch.get_num_threads()` threads.
 
@@ -23,18 +23,18 @@ import torch
 from torch import Tensor
 
 PART = 1 << 20  # elements per part of a normal fill
-BITS_PART = 1 << 17  # int64 words per part of a bit fill (1 MiB)
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: distinct, well-spread part seeds
 _pool_lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads, kept between calls (one per process)."""
     global _pool
     with _pool_lock:
         if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:
             _pool = (os.getpid(), workers,
-                     ThreadPoolExecutor(workers, thread_name_prefix="analogpipe-rng"))
+                     ThreadPoolExecutor(workers, thread_name_prefix="analogpipe-pool"))
         return _pool[2]
 
 
@@ -52,7 +52,7 @@ def _split_fill(t: Tensor, generator: torch.Generator | None,
         for p, g in zip(parts, gens):
             fill(p, g)
     else:
-        list(_executor(workers).map(fill, parts, gens))
+        list(thread_pool(workers).map(fill, parts, gens))
     return t
 
 
@@ -61,10 +61,5 @@ def normal_(t: Tensor, generator: torch.Generator | None) -> Tensor:
     return _split_fill(t, generator, lambda p, g: p.normal_(generator=g), PART)
 
 
-def random_bits_(t: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Fill an int64 tensor with 64 uniformly random bits per element, in place."""
-    return _split_fill(t, generator, lambda p, g: p.random_(-(2**63), None, generator=g),
-                       BITS_PART)
 
-
-__all__ = ["BITS_PART", "PART", "normal_", "random_bits_"]
+__all__ = ["PART", "normal_", "thread_pool"]

@@ -1,0 +1,70 @@
+"""CPU kernel for the pulse trains of many samples: fire masks and coincidence counts (numba).
+
+The physics is that of `analogpipe.tiles.pulses` (aihwkit's StochasticCompressed trains): in
+each of a sample's BL_s slots every x_j fires with probability p_x[s, j] and every d_i with
+p_d[s, i], independently; a coincidence at (i, j) is one pulse, down when d_i x_j > 0.
+
+Per sample, the kernel packs each element's train into bit masks of 32 slots (bit k of
+`x_mask[j]` is slot k of x_j's train), so the coincidences of a block of 32 slots at (i, j)
+are `popcount(d_mask[i] & x_mask[j])`: one AND and one popcount instead of 32 multiply-adds,
+and an output whose d train is silent costs nothing. The counts are exact integers.
+
+Random numbers are counter based (SplitMix64's output function applied to
+seed + c * 0x9E3779B97F4A7C15, Steele, Lea and Flood, OOPSLA 2014): the number of a trial
+depends only on the seed and the trial's (sample, slot, element), so a sample range can run on
+any thread and the counts do not depend on the thread count. Each 64-bit output gives two
+trials (slots 2k and 2k + 1) from its two 32-bit halves; a trial fires iff its 32-bit uniform
+U < floor(p * 2^32), so P(fire) = p to within 2^-32 (torch's float32 uniforms resolve 2^-24).
+
+`AVAILABLE` is False when numba cannot be imported; callers then use the torch route.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from types import ModuleType
+
+import numpy as np
+
+AVAILABLE = importlib.util.find_spec("numba") is not None  # imported on first use only
+BLOCK = 32  # slots per mask word
+MAX_SLOTS = 256  # counter layout: up to 128 slot pairs per sample (desired_bl <= 255)
+GOLD = np.uint64(0x9E3779B97F4A7C15)
+M1 = np.uint64(0xBF58476D1CE4E5B9)
+M2 = np.uint64(0x94D049BB133111EB)
+LO = np.uint64(0xFFFFFFFF)
+SCALE = 4294967296.0  # 2^32
+
+
+@functools.cache
+def _kernels() -> ModuleType:
+    """The compiled kernels (imports numba; compiles or loads numba's on-disk cache)."""
+    return importlib.import_module("analogpipe.tiles._pulsekernel_jit")
+
+
+def count_range(p_x: np.ndarray, p_d: np.ndarray, neg_x: np.ndarray, neg_d: np.ndarray,
+                bl: np.ndarray, seed: int, s0: int, s1: int, acc: np.ndarray) -> None:
+    """Add the (down, up) coincidences of samples s0:s1 to acc [2, out, in] (int32), in place.
+
+    p_x [S, in], p_d [S, out]: fire probabilities in [0, 1] (float32 or float64); neg_x
+    [S, in] (or [0, in] when no input is negative) and neg_d [S, out]: bool, True where x or d
+    is negative; bl [S] int64: train lengths in [0, 256) (0: the sample does not fire); seed:
+    the call's 64-bit key. Releases the GIL.
+    """
+    _kernels().count_range_(p_x, p_d, neg_x, neg_d, bl, np.uint64(seed % 2**64), s0, s1, acc)
+
+
+def fire_masks(p: np.ndarray, bl: np.ndarray, seed: int, side: str, n_in: int,
+               n_out: int) -> np.ndarray:
+    """The trains `count_range` draws for one side, as masks [S, ceil(max BL / 32), n] uint32
+    (bit k of word w: slot 32 w + k fires). p: p_x [S, n_in] (side "x") or p_d [S, n_out]
+    (side "d"). For tests and inspection."""
+    words = max(1, -(-int(bl.max(initial=0)) // BLOCK))
+    out = np.zeros((p.shape[0], words, p.shape[1]), np.uint32)
+    _kernels().masks_range_(p, bl, np.uint64(seed % 2**64), 0 if side == "x" else n_in,
+                           n_in + n_out, out)
+    return out
+
+
+__all__ = ["AVAILABLE", "BLOCK", "MAX_SLOTS", "count_range", "fire_masks"]
