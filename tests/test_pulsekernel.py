@@ -70,20 +70,27 @@ def test_counts_equal_the_unpacked_trains(signed_x):
     with train lengths 0 to 255 (several mask words) and signs on both sides."""
     g = torch.Generator().manual_seed(0)
     s, n_in, n_out = 40, 37, 9
-    p_x = torch.rand(s, n_in, generator=g).numpy()
-    p_d = torch.rand(s, n_out, generator=g).numpy()
-    neg_x = (torch.rand(s, n_in, generator=g) < 0.3).numpy() if signed_x else \
-        np.zeros((0, n_in), bool)
-    neg_d = (torch.rand(s, n_out, generator=g) < 0.5).numpy()
+    # values and factors: p = min(f |v|, 1) covers 0 (zero inputs), (0, 1) and clipped at 1
+    x = torch.randn(s, n_in, generator=g).relu_()
+    x[:, :4] = 0.0
+    if signed_x:
+        x *= torch.where(torch.rand(s, n_in, generator=g) < 0.3, -1.0, 1.0)
+    d = torch.randn(s, n_out, generator=g)
+    a, b = torch.rand(s, generator=g) * 1.5, torch.rand(s, generator=g) * 1.5
+    p_x = (x.abs() * b[:, None]).clamp_max(1.0).numpy()
+    p_d = (d.abs() * a[:, None]).clamp_max(1.0).numpy()
+    neg_x, neg_d = (x < 0).numpy(), (d < 0).numpy()
+    assert (p_x == 1).any() and (p_d == 1).any()
     bl = torch.randint(0, 256, (s,), generator=g).numpy()
     bl[:3] = [0, 1, 255]
     acc = np.zeros((2, n_out, n_in), np.int32)
-    pulsekernel.count_range(p_x, p_d, neg_x, neg_d, bl, 2**64 - 5, 0, s, acc)
+    pulsekernel.count_range(x.numpy(), d.numpy(), a.numpy(), b.numpy(), bl, signed_x,
+                            2**64 - 5, 0, s, acc)
     xb = _bits(pulsekernel.fire_masks(p_x, bl, 2**64 - 5, "x", n_in, n_out))
     db = _bits(pulsekernel.fire_masks(p_d, bl, 2**64 - 5, "d", n_in, n_out))
     live = np.arange(xb.shape[1])[None, :] < bl[:, None]
     assert not xb[~live].any() and not db[~live].any()  # slots beyond BL are silent
-    sx = np.where(neg_x, -1.0, 1.0) if signed_x else np.ones((s, n_in))
+    sx = np.where(neg_x, -1.0, 1.0)
     sd = np.where(neg_d, -1.0, 1.0)
     signed = np.einsum("sti,stj->ij", db * sd[:, None], xb * sx[:, None])
     total = np.einsum("sti,stj->ij", db, xb)

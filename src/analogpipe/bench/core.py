@@ -7,7 +7,9 @@ gradients, long trains), in expected and pulsed update mode. The analog model is
 `convert_to_analog(model, paper_config(update=mode))` stepped by `AnalogSGD(lr=0.1)`; the
 baseline is the unconverted model with `torch.optim.SGD(lr=0.1)`, timed alternately with it in
 the same run. One step = zero_grad, forward, cross-entropy on random labels, backward,
-optimizer step.
+optimizer step. A sum-loss analog model can diverge on the fixed batch within a few steps (its
+error d turns non-finite); the stepper then restores its initial state (model, optimizer,
+generators) and goes on, the failed step untimed, and the row counts the restarts.
 
 Targets: expected mode <= 1.5x digital for linear layers and <= 3x for ResNets; pulsed mode
 below aihwkit's ratio on the same case (measured once side by side, `AIHWKIT` below), at most
@@ -16,6 +18,7 @@ half of it where the trains are long (sum loss), and linear at batch 1 <= 2x dig
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from analogpipe.nn import analog_tiles, convert_to_analog
 from analogpipe.optim import AnalogSGD
 from analogpipe.presets import paper_config
 from analogpipe.tiles.pulses import pulse_probabilities
+from analogpipe.tiles.tile import NonFiniteUpdateError
 
 LR = 0.1
 PHASES = ("forward", "backward", "optimizer")
@@ -128,6 +132,17 @@ class Stepper:
         self.phases: dict[str, list[float]] = {p: [] for p in PHASES}
         self.steps = 0
         self.first_nonfinite: int | None = None  # step whose loss was not finite
+        self.restarts = 0  # times the model diverged and was restored to its initial state
+        self._initial = copy.deepcopy((model.state_dict(), opt.state_dict()))
+
+    def restore(self) -> None:
+        """Back to the initial state, after a non-finite error stopped a backward."""
+        for tile in analog_tiles(self.model):
+            tile.clear_stash()
+        self.model.load_state_dict(self._initial[0])
+        self.opt.load_state_dict(self._initial[1])
+        self.opt.zero_grad()
+        self.restarts += 1
 
     def loss(self) -> Tensor:
         return F.cross_entropy(self.model(self.x), self.y, reduction=self.reduction)
@@ -142,7 +157,11 @@ class Stepper:
         self.steps += 1
         if self.first_nonfinite is None and not torch.isfinite(loss.detach()):
             self.first_nonfinite = self.steps
-        loss.backward()
+        try:
+            loss.backward()
+        except NonFiniteUpdateError:
+            self.restore()
+            return
         _sync(dev)
         t2 = time.perf_counter()
         self.opt.step()
@@ -158,8 +177,15 @@ class Stepper:
 def mean_train_length(stepper: Stepper) -> tuple[float, float]:
     """(mean BL, fraction at the longest BL) over every sample / patch of one more step's
     pulsed update (the step is applied, untimed)."""
-    stepper.opt.zero_grad()
-    stepper.loss().backward()
+    for attempt in range(2):
+        stepper.opt.zero_grad()
+        try:
+            stepper.loss().backward()
+            break
+        except NonFiniteUpdateError:
+            if attempt:
+                raise
+            stepper.restore()
     total = n = at_max = 0.0
     for tile in analog_tiles(stepper.model):
         for x, d in list(tile._stash):
@@ -237,6 +263,10 @@ def bench_cases(quick: bool, device: str = "cpu", group: str = "core") -> list[R
                 if s.first_nonfinite is not None:
                     details[f"{who}_nonfinite_step"] = s.first_nonfinite
                     notes += f"; {who} loss NOT FINITE from step {s.first_nonfinite}"
+            if a.restarts:
+                details["analog_restarts"] = a.restarts
+                notes += (f"; analog diverged and restarted from its initial state "
+                          f"{a.restarts}x")
             if case.name in AIHWKIT and mode == "pulsed":
                 notes += f"; aihwkit {AIHWKIT[case.name]:g}x"
             rows.append(Row(

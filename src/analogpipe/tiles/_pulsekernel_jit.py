@@ -25,64 +25,92 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 @numba.njit(inline="always")
-def _fire(thr, t0, nslots, seed, base, pair_stride, out):
-    """out[j] bit k = slot t0 + k of element j fires (k < nslots; t0 even). The trial's
-    counter is base + ((t0 + k) // 2) * pair_stride + j."""
-    n = thr.shape[0]
-    for j in range(n):
-        out[j] = np.uint32(0)
-    k = 0
-    while k + 1 < nslots:
-        c0 = base + np.uint64((t0 + k) // 2) * pair_stride
-        s0, s1 = np.uint32(k), np.uint32(k + 1)
-        for j in range(n):
-            h = _mix(seed + (c0 + np.uint64(j)) * GOLD)
-            th = thr[j]
-            out[j] |= ((np.uint32((h & LO) < th) << s0)
-                       | (np.uint32((h >> np.uint64(32)) < th) << s1))
-        k += 2
-    if k < nslots:
-        c0 = base + np.uint64((t0 + k) // 2) * pair_stride
-        s0 = np.uint32(k)
-        for j in range(n):
-            h = _mix(seed + (c0 + np.uint64(j)) * GOLD)
-            out[j] |= np.uint32((h & LO) < thr[j]) << s0
+def _thresholds(v, f, thr, idx):
+    """For p_j = min(|v_j| f, 1) (in v's dtype): thr[k] = floor(p_j 2^32) and idx[k] = j for
+    the elements that can fire (thr > 0), in order; returns their number."""
+    nnz = 0
+    for j in range(v.shape[0]):
+        t = np.uint64(min(abs(v[j]) * f, 1.0) * SCALE)
+        if t > 0:
+            thr[nnz] = t
+            idx[nnz] = j
+            nnz += 1
+    return nnz
+
 
 @numba.njit(inline="always")
-def _thresholds(p, out):
-    for j in range(p.shape[0]):
-        out[j] = np.uint64(p[j] * SCALE)
+def _fire(thr, idx, nnz, need, t0, nslots, seed, base, pair_stride, packed, out):
+    """out[j] bit k = slot t0 + k of element j fires (k < nslots, t0 even), for the nnz
+    elements idx[:nnz] with thresholds thr[:nnz] (the others never fire: 0). The trial's
+    counter is base + ((t0 + k) // 2) * pair_stride + j. Slot pairs without a bit in `need`
+    are not drawn (left 0): their trials cannot coincide with anything."""
+    for j in range(out.shape[0]):
+        out[j] = np.uint32(0)
+    for k in range(nnz):
+        packed[k] = np.uint32(0)
+    k = 0
+    while k + 1 < nslots:
+        if (need >> np.uint32(k)) & np.uint32(3):
+            c0 = base + np.uint64((t0 + k) // 2) * pair_stride
+            s0, s1 = np.uint32(k), np.uint32(k + 1)
+            for q in range(nnz):
+                h = _mix(seed + (c0 + np.uint64(idx[q])) * GOLD)
+                th = thr[q]
+                packed[q] |= ((np.uint32((h & LO) < th) << s0)
+                              | (np.uint32((h >> np.uint64(32)) < th) << s1))
+        k += 2
+    if k < nslots and (need >> np.uint32(k)) & np.uint32(1):
+        c0 = base + np.uint64((t0 + k) // 2) * pair_stride
+        s0 = np.uint32(k)
+        for q in range(nnz):
+            h = _mix(seed + (c0 + np.uint64(idx[q])) * GOLD)
+            packed[q] |= np.uint32((h & LO) < thr[q]) << s0
+    for q in range(nnz):
+        out[idx[q]] = packed[q]
+
 
 @numba.njit(nogil=True, cache=True)
-def count_range_(p_x, p_d, neg_x, neg_d, bl, seed, s0, s1, acc):
+def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
     """Add the coincidences of samples s0:s1 to acc [2, out, in] (int32): acc[0] the down
-    pulses (d_i x_j > 0), acc[1] the up pulses. neg_x [S, in] / neg_d [S, out]: True where
-    the value is negative (neg_x may have zero rows: no negative inputs)."""
-    n_in, n_out = p_x.shape[1], p_d.shape[1]
-    x_signed = neg_x.shape[0] > 0
+    pulses (d_i x_j > 0), acc[1] the up pulses. p_x = min(b_s |x|, 1), p_d = min(a_s |d|, 1);
+    x_signed: False when no x is negative."""
+    n_in, n_out = x.shape[1], d.shape[1]
     thx = np.empty(n_in, np.uint64)
+    ix = np.empty(n_in, np.int64)
     thd = np.empty(n_out, np.uint64)
+    jd = np.empty(n_out, np.int64)
     xm = np.empty(n_in, np.uint32)
+    xpk = np.empty(n_in, np.uint32)
     xpos = np.empty(n_in, np.uint32)
     xneg = np.empty(n_in, np.uint32)
     dm = np.empty(n_out, np.uint32)
+    dpk = np.empty(n_out, np.uint32)
     pair_stride = np.uint64(n_in + n_out)
     sample_stride = np.uint64(MAX_SLOTS // 2) * pair_stride
+    full = np.uint32(0xFFFFFFFF)
     down, up = acc[0], acc[1]
     for s in range(s0, s1):
         nbl = bl[s]
         if nbl <= 0:
             continue
-        _thresholds(p_x[s], thx)
-        _thresholds(p_d[s], thd)
+        nx = _thresholds(x[s], b[s], thx, ix)
+        nd = _thresholds(d[s], a[s], thd, jd)
+        if nx == 0 or nd == 0:
+            continue
         base = np.uint64(s) * sample_stride
         for t0 in range(0, nbl, BLOCK):
             ns = min(BLOCK, nbl - t0)
-            _fire(thx, t0, ns, seed, base, pair_stride, xm)
-            _fire(thd, t0, ns, seed, base + np.uint64(n_in), pair_stride, dm)
+            _fire(thd, jd, nd, full, t0, ns, seed, base + np.uint64(n_in), pair_stride, dpk,
+                  dm)
+            fired = np.uint32(0)  # slots where some d fires: only those x trials matter
+            for i in range(n_out):
+                fired |= dm[i]
+            if fired == 0:
+                continue
+            _fire(thx, ix, nx, fired, t0, ns, seed, base, pair_stride, xpk, xm)
             if x_signed:
                 for j in range(n_in):
-                    if neg_x[s, j]:
+                    if x[s, j] < 0:
                         xpos[j], xneg[j] = np.uint32(0), xm[j]
                     else:
                         xpos[j], xneg[j] = xm[j], np.uint32(0)
@@ -90,7 +118,7 @@ def count_range_(p_x, p_d, neg_x, neg_d, bl, seed, s0, s1, acc):
                 m = dm[i]
                 if m == 0:
                     continue
-                same, other = (up, down) if neg_d[s, i] else (down, up)
+                same, other = (up, down) if d[s, i] < 0 else (down, up)
                 if x_signed:
                     for j in range(n_in):
                         same[i, j] += np.int32(_popcount32(m & xpos[j]))
@@ -99,17 +127,23 @@ def count_range_(p_x, p_d, neg_x, neg_d, bl, seed, s0, s1, acc):
                     for j in range(n_in):
                         same[i, j] += np.int32(_popcount32(m & xm[j]))
 
+
 @numba.njit(nogil=True, cache=True)
 def masks_range_(p, bl, seed, side_offset, pair_stride, out):
-    """The fire masks of one side, out [S, words, n] (uint32), with the counters of
-    `count_range_` (side_offset: 0 for x, n_in for d; pair_stride: n_in + n_out)."""
+    """The fire masks of one side, every slot drawn, out [S, words, n] (uint32), with the
+    counters of `count_range_` (p [S, n]: probabilities; side_offset: 0 for x, n_in for d;
+    pair_stride: n_in + n_out)."""
     n = p.shape[1]
     th = np.empty(n, np.uint64)
+    idx = np.empty(n, np.int64)
+    pk = np.empty(n, np.uint32)
     m = np.empty(n, np.uint32)
+    one = p.dtype.type(1.0)
     sample_stride = np.uint64(MAX_SLOTS // 2) * np.uint64(pair_stride)
     for s in range(p.shape[0]):
-        _thresholds(p[s], th)
+        nz = _thresholds(p[s], one, th, idx)
         base = np.uint64(s) * sample_stride + np.uint64(side_offset)
         for t0 in range(0, bl[s], BLOCK):
-            _fire(th, t0, min(BLOCK, bl[s] - t0), seed, base, np.uint64(pair_stride), m)
+            _fire(th, idx, nz, np.uint32(0xFFFFFFFF), t0, min(BLOCK, bl[s] - t0), seed, base,
+                  np.uint64(pair_stride), pk, m)
             out[s, t0 // BLOCK, :] = m

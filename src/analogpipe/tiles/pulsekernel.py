@@ -43,23 +43,24 @@ def _kernels() -> ModuleType:
     return importlib.import_module("analogpipe.tiles._pulsekernel_jit")
 
 
-def count_range(p_x: np.ndarray, p_d: np.ndarray, neg_x: np.ndarray, neg_d: np.ndarray,
-                bl: np.ndarray, seed: int, s0: int, s1: int, acc: np.ndarray) -> None:
+def count_range(x: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray, bl: np.ndarray,
+                x_signed: bool, seed: int, s0: int, s1: int, acc: np.ndarray) -> None:
     """Add the (down, up) coincidences of samples s0:s1 to acc [2, out, in] (int32), in place.
 
-    p_x [S, in], p_d [S, out]: fire probabilities in [0, 1] (float32 or float64); neg_x
-    [S, in] (or [0, in] when no input is negative) and neg_d [S, out]: bool, True where x or d
-    is negative; bl [S] int64: train lengths in [0, 256) (0: the sample does not fire); seed:
-    the call's 64-bit key. Releases the GIL.
+    x [S, in], d [S, out]: the samples (float32 or float64); a, b [S] (same dtype): the
+    update-management factors, p_d = min(a_s |d|, 1) and p_x = min(b_s |x|, 1) in that
+    dtype; bl [S] int64: train lengths in [0, 256) (0: the sample does not fire); x_signed:
+    False promises no negative x; seed: the call's 64-bit key. Releases the GIL.
     """
-    _kernels().count_range_(p_x, p_d, neg_x, neg_d, bl, np.uint64(seed % 2**64), s0, s1, acc)
+    _kernels().count_range_(x, d, a, b, bl, x_signed, np.uint64(seed % 2**64), s0, s1, acc)
 
 
 def fire_masks(p: np.ndarray, bl: np.ndarray, seed: int, side: str, n_in: int,
                n_out: int) -> np.ndarray:
-    """The trains `count_range` draws for one side, as masks [S, ceil(max BL / 32), n] uint32
-    (bit k of word w: slot 32 w + k fires). p: p_x [S, n_in] (side "x") or p_d [S, n_out]
-    (side "d"). For tests and inspection."""
+    """The trains of one side with the random numbers `count_range` uses, every slot drawn,
+    as masks [S, ceil(max BL / 32), n] uint32 (bit k of word w: slot 32 w + k fires). p: p_x
+    [S, n_in] (side "x") or p_d [S, n_out] (side "d"). (`count_range` leaves out x slots
+    where no d fires; the counts are the same.) For tests and inspection."""
     words = max(1, -(-int(bl.max(initial=0)) // BLOCK))
     out = np.zeros((p.shape[0], words, p.shape[1]), np.uint32)
     _kernels().masks_range_(p, bl, np.uint64(seed % 2**64), 0 if side == "x" else n_in,

@@ -145,7 +145,9 @@ class _Trains:
     def __init__(self, x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig) -> None:
         # the same probabilities as `pulse_probabilities`, formed after the samples are
         # selected and ordered (one gather of x and of d instead of four of p and signs)
-        x_max, d_max = x.abs().amax(dim=1), d.abs().amax(dim=1)
+        x_min, x_top = torch.aminmax(x, dim=1)
+        d_min, d_top = torch.aminmax(d, dim=1)
+        x_max, d_max = torch.maximum(x_top, -x_min), torch.maximum(d_top, -d_min)  # max |.|
         a, b, bl_f = _row_factors(x_max, d_max, lr, dw_min, cfg)
         bl = bl_f.to(torch.int64)
         # max_j min(B |x_j|, 1) = min(B max|x|, 1): a sample can fire iff B max|x| > 0 and
@@ -158,15 +160,11 @@ class _Trains:
         self.kernel = (x.device.type == "cpu" and pulsekernel.AVAILABLE
                        and int(bl[active].sum()) * (self.n_in + self.n_out)
                        >= KERNEL_MIN_ELEMENTS)
-        if self.kernel:
+        if self.kernel:  # the kernel forms p_x, p_d and the signs from x, d, a, b itself
             self.bl = bl.masked_fill_(~active, 0)
             self.rows = int(self.bl.sum())
-            self.p_x = x.abs().mul_(b[:, None]).clamp_max_(1.0)
-            self.p_d = d.abs().mul_(a[:, None]).clamp_max_(1.0)
-            # signs as "negative" flags; none for inputs without negative values (ReLU)
-            self.neg_x = x < 0 if bool(x.amin() < 0) else x.new_empty((0, self.n_in),
-                                                                         dtype=torch.bool)
-            self.neg_d = d < 0
+            self.x, self.d, self.a, self.b = x, d, a, b
+            self.x_signed = bool(x_min.min() < 0)
             return
         order: Tensor | None = None
         if not bool(active.all()):
@@ -208,12 +206,13 @@ class _Trains:
             cum = torch.cumsum(self.bl, 0)
             cuts = torch.searchsorted(cum, torch.arange(1, workers) * (self.rows / workers))
             ends = sorted({0, s, *cuts.add_(1).clamp_(max=s).tolist()})
-        arrays = [t.contiguous().numpy() for t in (self.p_x, self.p_d, self.neg_x,
-                                                   self.neg_d, self.bl)]
+        x, d, a, b, bl = (t.contiguous().numpy() for t in (self.x, self.d, self.a, self.b,
+                                                            self.bl))
         accs = [np.zeros((2, self.n_out, self.n_in), np.int32) for _ in ends[1:]]
 
         def run(i: int) -> None:
-            pulsekernel.count_range(*arrays, key, ends[i], ends[i + 1], accs[i])
+            pulsekernel.count_range(x, d, a, b, bl, self.x_signed, key, ends[i], ends[i + 1],
+                                    accs[i])
 
         if len(accs) == 1:
             run(0)
