@@ -217,3 +217,24 @@ def test_one_sample_path_has_the_expected_counts_per_direction(scale):
         assert ((mean - want).abs() <= 5 * sem + 1e-6).all()
     assert not ups[:, :, 2].any() and not downs[:, :, 2].any()
     assert (ups + downs).max() <= bl.item()
+
+
+@pytest.mark.parametrize("error", [ImportError("no numba"), RuntimeError("no cache locator")])
+def test_without_the_kernel_the_float_route_runs(monkeypatch, kernel_always, error):
+    """numba missing (ImportError): the float route, silently; a kernel that cannot be built
+    (any other error): the float route with a RuntimeWarning naming the cause."""
+    def broken():
+        raise error
+
+    monkeypatch.setattr(pulsekernel, "_kernels", broken)
+    monkeypatch.setattr(pulsekernel, "available", pulsekernel.available.__wrapped__)
+    x, d = torch.randn(8, 6), torch.randn(8, 5)
+    ucfg = UpdateConfig(mode="pulsed")
+    if isinstance(error, ImportError):
+        assert not _Trains(x, d, 0.05, 0.01, ucfg).kernel
+        up, down = pulse_counts(x, d, 0.05, 0.01, ucfg, torch.Generator().manual_seed(0))
+    else:
+        with pytest.warns(RuntimeWarning, match="no cache locator"):
+            assert not _Trains(x, d, 0.05, 0.01, ucfg).kernel
+            up, down = pulse_counts(x, d, 0.05, 0.01, ucfg, torch.Generator().manual_seed(0))
+    assert up.shape == (5, 6) and (up + down).sum() > 0

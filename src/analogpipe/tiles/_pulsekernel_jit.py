@@ -25,25 +25,29 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 @numba.njit(inline="always")
-def _thresholds(v, f, thr, idx):
-    """For p_j = min(|v_j| f, 1) (in v's dtype): thr[k] = floor(p_j 2^32) and idx[k] = j for
-    the elements that can fire (thr > 0), in order; returns their number."""
+def _thresholds(v, f, thr, idx, jg):
+    """For p_j = min(|v_j| f, 1) (in v's dtype): thr[k] = floor(p_j 2^32), idx[k] = j and
+    jg[k] = j * GOLD (mod 2^64) for the elements that can fire (thr > 0), in order; returns
+    their number."""
     nnz = 0
     for j in range(v.shape[0]):
         t = np.uint64(min(abs(v[j]) * f, 1.0) * SCALE)
         if t > 0:
             thr[nnz] = t
             idx[nnz] = j
+            jg[nnz] = np.uint64(j) * GOLD
             nnz += 1
     return nnz
 
 
 @numba.njit(inline="always")
-def _fire(thr, idx, nnz, need, t0, nslots, seed, base, pair_stride, packed, out):
+def _fire(thr, idx, jg, nnz, need, t0, nslots, seed, base, pair_stride, packed, out):
     """out[j] bit k = slot t0 + k of element j fires (k < nslots, t0 even), for the nnz
     elements idx[:nnz] with thresholds thr[:nnz] (the others never fire: 0). The trial's
-    counter is base + ((t0 + k) // 2) * pair_stride + j. Slot pairs without a bit in `need`
-    are not drawn (left 0): their trials cannot coincide with anything."""
+    counter is c = base + ((t0 + k) // 2) * pair_stride + j, its number the SplitMix64 output
+    of seed + c * GOLD, formed as (seed + c0 * GOLD) + j * GOLD (jg) without a multiply.
+    Slot pairs without a bit in `need` are not drawn (left 0): their trials cannot coincide
+    with anything."""
     for j in range(out.shape[0]):
         out[j] = np.uint32(0)
     for k in range(nnz):
@@ -51,19 +55,19 @@ def _fire(thr, idx, nnz, need, t0, nslots, seed, base, pair_stride, packed, out)
     k = 0
     while k + 1 < nslots:
         if (need >> np.uint32(k)) & np.uint32(3):
-            c0 = base + np.uint64((t0 + k) // 2) * pair_stride
+            z0 = seed + (base + np.uint64((t0 + k) // 2) * pair_stride) * GOLD
             s0, s1 = np.uint32(k), np.uint32(k + 1)
             for q in range(nnz):
-                h = _mix(seed + (c0 + np.uint64(idx[q])) * GOLD)
+                h = _mix(z0 + jg[q])
                 th = thr[q]
                 packed[q] |= ((np.uint32((h & LO) < th) << s0)
                               | (np.uint32((h >> np.uint64(32)) < th) << s1))
         k += 2
     if k < nslots and (need >> np.uint32(k)) & np.uint32(1):
-        c0 = base + np.uint64((t0 + k) // 2) * pair_stride
+        z0 = seed + (base + np.uint64((t0 + k) // 2) * pair_stride) * GOLD
         s0 = np.uint32(k)
         for q in range(nnz):
-            h = _mix(seed + (c0 + np.uint64(idx[q])) * GOLD)
+            h = _mix(z0 + jg[q])
             packed[q] |= np.uint32((h & LO) < thr[q]) << s0
     for q in range(nnz):
         out[idx[q]] = packed[q]
@@ -77,6 +81,8 @@ def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
     n_in, n_out = x.shape[1], d.shape[1]
     thx = np.empty(n_in, np.uint64)
     ix = np.empty(n_in, np.int64)
+    gx = np.empty(n_in, np.uint64)
+    gd = np.empty(n_out, np.uint64)
     thd = np.empty(n_out, np.uint64)
     jd = np.empty(n_out, np.int64)
     xm = np.empty(n_in, np.uint32)
@@ -93,21 +99,21 @@ def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
         nbl = bl[s]
         if nbl <= 0:
             continue
-        nx = _thresholds(x[s], b[s], thx, ix)
-        nd = _thresholds(d[s], a[s], thd, jd)
+        nx = _thresholds(x[s], b[s], thx, ix, gx)
+        nd = _thresholds(d[s], a[s], thd, jd, gd)
         if nx == 0 or nd == 0:
             continue
         base = np.uint64(s) * sample_stride
         for t0 in range(0, nbl, BLOCK):
             ns = min(BLOCK, nbl - t0)
-            _fire(thd, jd, nd, full, t0, ns, seed, base + np.uint64(n_in), pair_stride, dpk,
+            _fire(thd, jd, gd, nd, full, t0, ns, seed, base + np.uint64(n_in), pair_stride, dpk,
                   dm)
             fired = np.uint32(0)  # slots where some d fires: only those x trials matter
             for i in range(n_out):
                 fired |= dm[i]
             if fired == 0:
                 continue
-            _fire(thx, ix, nx, fired, t0, ns, seed, base, pair_stride, xpk, xm)
+            _fire(thx, ix, gx, nx, fired, t0, ns, seed, base, pair_stride, xpk, xm)
             if x_signed:
                 for j in range(n_in):
                     if x[s, j] < 0:
@@ -136,14 +142,15 @@ def masks_range_(p, bl, seed, side_offset, pair_stride, out):
     n = p.shape[1]
     th = np.empty(n, np.uint64)
     idx = np.empty(n, np.int64)
+    jg = np.empty(n, np.uint64)
     pk = np.empty(n, np.uint32)
     m = np.empty(n, np.uint32)
     one = p.dtype.type(1.0)
     sample_stride = np.uint64(MAX_SLOTS // 2) * np.uint64(pair_stride)
     for s in range(p.shape[0]):
-        nz = _thresholds(p[s], one, th, idx)
+        nz = _thresholds(p[s], one, th, idx, jg)
         base = np.uint64(s) * sample_stride + np.uint64(side_offset)
         for t0 in range(0, bl[s], BLOCK):
-            _fire(th, idx, nz, np.uint32(0xFFFFFFFF), t0, min(BLOCK, bl[s] - t0), seed, base,
+            _fire(th, idx, jg, nz, np.uint32(0xFFFFFFFF), t0, min(BLOCK, bl[s] - t0), seed, base,
                   np.uint64(pair_stride), pk, m)
             out[s, t0 // BLOCK, :] = m

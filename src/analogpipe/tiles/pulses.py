@@ -157,9 +157,9 @@ class _Trains:
         self.device = x.device
         self.blocks: list[tuple[int, int, int]] = []
         # large draws on the CPU: the bit-mask kernel (`pulsekernel`), in sample order
-        self.kernel = (x.device.type == "cpu" and pulsekernel.AVAILABLE
+        self.kernel = (x.device.type == "cpu"
                        and int(bl[active].sum()) * (self.n_in + self.n_out)
-                       >= KERNEL_MIN_ELEMENTS)
+                       >= KERNEL_MIN_ELEMENTS and pulsekernel.available())
         if self.kernel:  # the kernel forms p_x, p_d and the signs from x, d, a, b itself
             self.bl = bl.masked_fill_(~active, 0)
             self.rows = int(self.bl.sum())
