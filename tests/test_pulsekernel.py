@@ -7,7 +7,7 @@ import torch
 
 import analogpipe.tiles.pulses as pulses
 from analogpipe.devices import DeviceConfig, apply_pulses, sample_device_state
-from analogpipe.tiles import pulsekernel
+from analogpipe.tiles import jit, pulsekernel
 from analogpipe.tiles.pulses import (
     UpdateConfig,
     _Trains,
@@ -223,11 +223,11 @@ def test_one_sample_path_has_the_expected_counts_per_direction(scale):
 def test_without_the_kernel_the_float_route_runs(monkeypatch, kernel_always, error):
     """numba missing (ImportError): the float route, silently; a kernel that cannot be built
     (any other error): the float route with a RuntimeWarning naming the cause."""
-    def broken():
+    def broken(name):
         raise error
 
-    monkeypatch.setattr(pulsekernel, "_kernels", broken)
-    monkeypatch.setattr(pulsekernel, "available", pulsekernel.available.__wrapped__)
+    monkeypatch.setattr(jit.importlib, "import_module", broken)
+    monkeypatch.setattr(jit, "load", jit.load.__wrapped__)
     x, d = torch.randn(8, 6), torch.randn(8, 5)
     ucfg = UpdateConfig(mode="pulsed")
     if isinstance(error, ImportError):

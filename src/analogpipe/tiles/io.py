@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from analogpipe.errors import check
-from analogpipe.tiles import rng
+from analogpipe.tiles import jit, rng
 
 NOISE_MANAGEMENT = ("abs_max", "none")
 
@@ -55,6 +56,9 @@ class IOConfig:
             v = getattr(self, f)
             check(v < 1 and math.isfinite(v), f"io.{f}", v,
                   "a resolution below 1 (1/(2^bits-2)), or <= 0 for no quantization")
+        check(self.out_res <= 0 or math.isfinite(self.out_bound), "io.out_bound",
+              self.out_bound, "a finite value when out_res > 0 (the ADC step is out_res * 2 * "
+              "out_bound); set out_res <= 0 for an unquantized, unbounded output")
         check(self.out_noise >= 0 and math.isfinite(self.out_noise), "io.out_noise",
               self.out_noise, "a finite value >= 0")
 
@@ -155,11 +159,25 @@ def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | 
     return x, alpha
 
 
+# CPU outputs with at least this many elements run the ADC as one compiled pass
+# (`_iokernel_jit`, bit-identical to the torch ops below); smaller ones keep the torch ops,
+# whose few calls cost less than the kernel's dispatch.
+ADC_KERNEL_MIN = 1 << 12
+ADC_KERNEL_PART = 1 << 16  # elements per thread at least
+
+
 def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
          generator: torch.Generator | None) -> Tensor:
     """Output side, in place on the MVM result y of DAC levels: the input step, output noise,
-    ADC quantization and clip, and the abs-max scale back."""
+    ADC quantization and clip, and the abs-max scale back.
+
+    y: [S, out] rows with alpha [S, 1], or [N, out, L] columns with alpha [N, 1, L]."""
     i_step, o_step = io.inp_step, io.out_step
+    if (y.device.type == "cpu" and y.numel() >= ADC_KERNEL_MIN and y.is_contiguous()
+            and y.dtype in (torch.float32, torch.float64) and not y.requires_grad):
+        kernels = jit.load("_iokernel_jit")
+        if kernels is not None:
+            return _adc_kernel(kernels, y, io, alpha, generator)
     if i_step > 0:
         y.mul_(i_step)
     if io.out_noise > 0:
@@ -173,3 +191,31 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
     if math.isfinite(io.out_bound):
         y.clamp_(-io.out_bound, io.out_bound)
     return y.mul_(alpha) if alpha is not None else y
+
+
+def _adc_kernel(kernels, y: Tensor, io: IOConfig, alpha: Tensor | None,
+                generator: torch.Generator | None) -> Tensor:
+    """`_adc` as one pass of `_iokernel_jit.adc_range_` over y, split over the intra-op
+    threads by rows / batch items; the same noise draw and the same float operations
+    (scalars rounded to y's dtype as torch rounds them, the noise added by a fused
+    multiply-add as torch's vectorized `add_(alpha=)`), so the same result bit for bit."""
+    i_step, o_step = io.inp_step, io.out_step
+    y3 = y.unsqueeze(-1) if y.dim() == 2 else y  # [A, B, C]
+    n_a, _, n_c = y3.shape
+    noise = rng.normal_(torch.empty_like(y), generator) if io.out_noise > 0 else y
+    if alpha is None:
+        scale = torch.full((n_a, n_c), o_step if o_step > 0 else 1.0, dtype=y.dtype)
+    else:
+        scale = (alpha * o_step if o_step > 0 else alpha).reshape(n_a, n_c)
+    f = np.float32 if y.dtype == torch.float32 else np.float64
+    consts = (f(i_step), f(io.out_noise), f(1 / o_step if o_step > 0 else 0.0),
+              f(io.out_bound / o_step if o_step > 0 else 0.0), f(io.out_bound))
+    arrays = (y3.numpy(), noise.view(y3.shape).numpy(), scale.contiguous().numpy())
+    workers = max(1, min(torch.get_num_threads(), n_a, y.numel() // ADC_KERNEL_PART))
+    if workers == 1:
+        kernels.adc_range_(*arrays, 0, n_a, *consts)
+        return y
+    cuts = [n_a * i // workers for i in range(workers + 1)]
+    list(rng.thread_pool(workers).map(
+        lambda i: kernels.adc_range_(*arrays, cuts[i], cuts[i + 1], *consts), range(workers)))
+    return y

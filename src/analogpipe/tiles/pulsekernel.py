@@ -16,18 +16,17 @@ any thread and the counts do not depend on the thread count. Each 64-bit output 
 trials (slots 2k and 2k + 1) from its two 32-bit halves; a trial fires iff its 32-bit uniform
 U < floor(p * 2^32), so P(fire) = p to within 2^-32 (torch's float32 uniforms resolve 2^-24).
 
-`available()` is False when numba cannot be imported or the kernels cannot be built; callers
-then use the torch route.
+`available()` is False when numba cannot be imported or the kernels cannot be built
+(`analogpipe.tiles.jit`); callers then use the torch route.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import warnings
 from types import ModuleType
 
 import numpy as np
+
+from analogpipe.tiles import jit
 
 BLOCK = 32  # slots per mask word
 MAX_SLOTS = 256  # counter layout: up to 128 slot pairs per sample (desired_bl <= 255)
@@ -38,25 +37,17 @@ LO = np.uint64(0xFFFFFFFF)
 SCALE = 4294967296.0  # 2^32
 
 
-@functools.cache
 def _kernels() -> ModuleType:
-    """The compiled kernels (imports numba; compiles or loads numba's on-disk cache)."""
-    return importlib.import_module("analogpipe.tiles._pulsekernel_jit")
+    kernels = jit.load("_pulsekernel_jit")
+    if kernels is None:
+        raise RuntimeError("the pulse kernel is not available (see available())")
+    return kernels
 
 
-@functools.cache
 def available() -> bool:
-    """Whether the kernels can run here (numba importable and the kernels built); imports
-    numba on the first call. Warns once when numba is installed but the build fails."""
-    try:
-        _kernels()
-    except ImportError:
-        return False
-    except Exception as err:  # noqa: BLE001 - e.g. no writable cache location
-        warnings.warn(f"analogpipe: the CPU pulse kernel could not be built ({err}); pulsed "
-                      "updates use the slower torch route", RuntimeWarning, stacklevel=2)
-        return False
-    return True
+    """Whether the kernels can run here (`analogpipe.tiles.jit.load`: numba importable and
+    the kernels built); imports numba on the first call."""
+    return jit.load("_pulsekernel_jit") is not None
 
 
 def count_range(x: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray, bl: np.ndarray,
