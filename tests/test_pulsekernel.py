@@ -238,3 +238,19 @@ def test_without_the_kernel_the_float_route_runs(monkeypatch, kernel_always, err
             assert not _Trains(x, d, 0.05, 0.01, ucfg).kernel
             up, down = pulse_counts(x, d, 0.05, 0.01, ucfg, torch.Generator().manual_seed(0))
     assert up.shape == (5, 6) and (up + down).sum() > 0
+
+
+def test_other_dtypes_and_grad_tracking_inputs_take_a_working_route(kernel_always):
+    """bfloat16 / float16 samples (no numpy view) take the float route; inputs that track
+    gradients are counted as data. Mean total counts stay lr |d|^T |x| / dw_min (10%)."""
+    g = torch.Generator().manual_seed(6)
+    x, d = torch.rand(64, 20, generator=g), torch.randn(64, 8, generator=g)
+    ucfg = UpdateConfig(mode="pulsed")
+    want = expected_pulse_count(x, d, 0.05, 0.01)
+    for xx, dd in ((x.bfloat16(), d.bfloat16()), (x.half(), d.half()),
+                   (x.clone().requires_grad_(), d.clone().requires_grad_())):
+        gen = torch.Generator().manual_seed(1)
+        runs = torch.stack([sum(pulse_counts(xx, dd, 0.05, 0.01, ucfg, gen)).float()
+                            for _ in range(200)])
+        assert not runs.requires_grad
+        torch.testing.assert_close(runs.mean(0).sum(), want.sum(), rtol=0.1, atol=0)

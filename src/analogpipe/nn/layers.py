@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analogpipe.errors import ConfigError, check
+from analogpipe.tiles import jit
+from analogpipe.tiles.io import PatchGeometry
+from analogpipe.tiles.rng import thread_pool
 from analogpipe.tiles.tile import AnalogTile, TileConfig
 from analogpipe.tiles.transfer import make_tile
 
@@ -158,6 +161,10 @@ class AnalogLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+# CPU col2im of at least this many patch elements runs as one compiled pass (`fold`)
+FOLD_KERNEL_MIN = 1 << 15
+
+
 class _ConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, bias: Tensor | None, anchor: Tensor, layer: AnalogConv2d):
@@ -174,7 +181,7 @@ class _ConvFn(torch.autograd.Function):
         # the patch maxima from a max-pool of the channel maxima (9x less to read)
         absmax = tile.config.forward.noise_management == "abs_max"
         alpha = layer.patch_absmax(x) if absmax else None
-        y = tile.forward_patches(layer._patches(x), alpha).view(n, tile.out_size, ho, wo)
+        y = tile.forward_patches(x, layer.geometry, alpha).view(n, tile.out_size, ho, wo)
         return y if bias is None else y + bias[None, :, None, None]
 
     @staticmethod
@@ -272,24 +279,18 @@ class AnalogConv2d(nn.Module):
     def weight_view(self) -> Tensor:
         return self.tile.weight.view(self.out_channels, self.in_channels, *self.kernel_size)
 
+    @property
+    def geometry(self) -> PatchGeometry:
+        """The patch geometry (kernel_size, stride, padding, dilation)."""
+        return PatchGeometry(self.kernel_size, self.stride, self.padding, self.dilation)
+
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
-        out = []
-        for size, k, s, p, dl in zip((h, w), self.kernel_size, self.stride, self.padding,
-                                     self.dilation):
-            out.append((size + 2 * p - dl * (k - 1) - 1) // s + 1)
-        return out[0], out[1]
+        return self.geometry.output_hw(h, w)
 
     def _patches(self, x: Tensor) -> Tensor:
         """Every patch of x [N, C, H, W] as a strided view [N, C, kh, kw, H_out, W_out] of the
-        zero-padded input (no copy)."""
-        ph, pw = self.padding
-        xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        n, c = x.shape[:2]
-        ho, wo = self.output_hw(x.shape[2], x.shape[3])
-        s0, s1, s2, s3 = xp.stride()
-        return xp.as_strided((n, c, kh, kw, ho, wo),
-                             (s0, s1, dh * s2, dw * s3, sh * s2, sw * s3), xp.storage_offset())
+        zero-padded input (no copy beyond the padding)."""
+        return self.geometry.patches(x)
 
     def patch_absmax(self, x: Tensor) -> Tensor:
         """max |x| over every patch [N, 1, 1, 1, H_out, W_out] (zero padding counts as 0): a
@@ -323,6 +324,17 @@ class AnalogConv2d(nn.Module):
         ho, wo = self.output_hw(h, w)
         out = cols.new_zeros(n, self.in_channels, h + 2 * ph, w + 2 * pw)
         z = cols.view(n, self.in_channels, kh, kw, ho, wo)
+        kernels = (jit.load("_iokernel_jit") if cols.device.type == "cpu" and n
+                   and cols.dtype in (torch.float32, torch.float64) and cols.is_contiguous()
+                   and not cols.requires_grad and cols.numel() >= FOLD_KERNEL_MIN else None)
+        if kernels is not None:  # one pass, each image's grid in cache; the same sums
+            zn, on = z.numpy(), out.numpy()
+            workers = max(1, min(torch.get_num_threads(), n, cols.numel() // FOLD_KERNEL_MIN))
+            cuts = [n * i // workers for i in range(workers + 1)]
+            list(thread_pool(workers).map(
+                lambda i: kernels.fold_range_(zn, on, cuts[i], cuts[i + 1], sh, sw, dh, dw),
+                range(workers)))
+            return out[:, :, ph:ph + h, pw:pw + w] if ph or pw else out
         for i in range(kh):
             for j in range(kw):
                 out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,

@@ -56,3 +56,63 @@ def adc_range_(y, noise, scale, a0, a1, i_step, sigma, o_inv, level, bound):
                 for c in range(nc):
                     y[a, b, c] = _level(y[a, b, c], i_step, sigma, noise[a, b, c], o_inv,
                                         level, bound, zero) * scale[a, c]
+
+
+@numba.njit(nogil=True, cache=True)
+def fold_range_(z, out, n0, n1, sh, sw, dh, dw):
+    """col2im of images n0:n1: out [N, C, Hp, Wp] (zeroed, padded grid) += z [N, C, kh, kw,
+    Ho, Wo] at (i dh + oh sh, j dw + ow sw), kernel positions in (i, j) order as
+    `AnalogConv2d.fold`'s strided adds (the same sums in the same order)."""
+    _, nc, kh, kw, ho, wo = z.shape
+    for n in range(n0, n1):
+        for c in range(nc):
+            o = out[n, c]
+            for i in range(kh):
+                for j in range(kw):
+                    zz = z[n, c, i, j]
+                    for oh in range(ho):
+                        r = i * dh + oh * sh
+                        for ow in range(wo):
+                            o[r, j * dw + ow * sw] += zz[oh, ow]
+
+
+@numba.njit(nogil=True, cache=True)
+def im2col_dac_range_(x, factor, out, n0, n1, sh, sw, ph, pw, dh, dw, rnd, level):
+    """The DAC levels of every conv patch of images n0:n1, written as columns:
+    out [N, C, kh, kw, Ho, Wo] = clip(round?(x_pad[n, c, i dh + oh sh, j dw + ow sw] *
+    factor[n, oh, ow])), x [N, C, H, W] unpadded (zero padding ph, pw read as 0); rnd: round
+    half to even; level > 0: clip to +-level. As `torch.mul(patches, factor)`, `round_()`,
+    `clamp_()` compute it."""
+    _, nc, kh, kw, ho, wo = out.shape
+    h, w = x.shape[2], x.shape[3]
+    for n in range(n0, n1):
+        f = factor[n]
+        for c in range(nc):
+            xc = x[n, c]
+            for i in range(kh):
+                for j in range(kw):
+                    o = out[n, c, i, j]
+                    col0 = j * dw - pw
+                    # output columns whose input column is inside [0, w)
+                    lo = 0 if col0 >= 0 else min(wo, (-col0 + sw - 1) // sw)
+                    hi = max(lo, min(wo, (w - 1 - col0) // sw + 1)) if w - 1 - col0 >= 0 else lo
+                    for oh in range(ho):
+                        r = i * dh + oh * sh - ph
+                        if r < 0 or r >= h:
+                            for ow in range(wo):
+                                o[oh, ow] = 0.0
+                            continue
+                        xr = xc[r]
+                        fr = f[oh]
+                        for ow in range(lo):
+                            o[oh, ow] = 0.0
+                        for ow in range(lo, hi):
+                            v = xr[col0 + ow * sw] * fr[ow]
+                            if rnd:
+                                v = np.rint(v)
+                            if level > 0:
+                                v = level if v > level else v
+                                v = -level if v < -level else v
+                            o[oh, ow] = v
+                        for ow in range(hi, wo):
+                            o[oh, ow] = 0.0

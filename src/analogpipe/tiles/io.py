@@ -103,31 +103,125 @@ def analog_mvm(
     return _adc(_columns_mvm(w, x) if columns else x @ w, io, alpha, generator)
 
 
+@dataclass(frozen=True)
+class PatchGeometry:
+    """A 2-d convolution's patch geometry (kernel_size, stride, padding, dilation: (h, w)
+    pairs, as nn.Conv2d's attributes)."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        """(H_out, W_out) for an input of H x W, as nn.Conv2d computes them."""
+        out = []
+        for size, k, s, p, dl in zip((h, w), self.kernel_size, self.stride, self.padding,
+                                     self.dilation):
+            out.append((size + 2 * p - dl * (k - 1) - 1) // s + 1)
+        return out[0], out[1]
+
+    def patches(self, x: Tensor) -> Tensor:
+        """Every patch of x [N, C, H, W] as a strided view [N, C, kh, kw, H_out, W_out] of the
+        zero-padded input (no copy beyond the padding)."""
+        ph, pw = self.padding
+        xp = torch.nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        n, c = x.shape[:2]
+        ho, wo = self.output_hw(x.shape[2], x.shape[3])
+        s0, s1, s2, s3 = xp.stride()
+        return xp.as_strided((n, c, kh, kw, ho, wo),
+                             (s0, s1, dh * s2, dw * s3, sh * s2, sw * s3), xp.storage_offset())
+
+
+# CPU convs whose patch columns have at least this many elements build them with one compiled
+# pass (im2col and DAC together, `_iokernel_jit.im2col_dac_range_`), bit-identical
+IM2COL_KERNEL_MIN = 1 << 15
+
+
 def analog_mvm_patches(
-    patches: Tensor, alpha: Tensor | None, weight: Tensor, io: IOConfig,
+    x: Tensor, geometry: PatchGeometry, alpha: Tensor | None, weight: Tensor, io: IOConfig,
     generator: torch.Generator | None,
 ) -> Tensor:
     """The forward MVM of every conv patch: y = W x per patch, as `analog_mvm(F.unfold(x),
-    columns=True)` computes it, with the im2col copy and the DAC's scaling done in one pass.
+    columns=True)` computes it, with the im2col copy and the DAC in one pass.
 
-    patches: [N, C, kh, kw, H_out, W_out] (a strided view of the padded input); alpha: the
-    abs-max of every patch [N, 1, 1, 1, H_out, W_out] (None: computed here; ignored without
-    abs-max noise management); weight: [out, C*kh*kw]. Returns [N, out, H_out * W_out].
+    x: [N, C, H, W]; alpha: the abs-max of every patch [N, 1, 1, 1, H_out, W_out] (None:
+    computed here; ignored without abs-max noise management); weight: [out, C*kh*kw].
+    Returns [N, out, H_out * W_out]. On the CPU, large inputs take a compiled pass
+    (`_iokernel_jit`) that reads x directly (no padded copy) and gives the same values.
     """
-    n, c, kh, kw, ho, wo = patches.shape
-    cols = torch.empty((n, c * kh * kw, ho * wo), dtype=patches.dtype, device=patches.device)
+    n, c = x.shape[:2]
+    (kh, kw) = geometry.kernel_size
+    ho, wo = geometry.output_hw(x.shape[2], x.shape[3])
+    cols = torch.empty((n, c * kh * kw, ho * wo), dtype=x.dtype, device=x.device)
+    shape6 = (n, c, kh, kw, ho, wo)
     if io.is_perfect:
-        cols.view(patches.shape).copy_(patches)
+        cols.view(shape6).copy_(geometry.patches(x))
         return _columns_mvm(weight, cols)
-    _, alpha = _dac(patches, io, (1, 2, 3), alpha=alpha, out=cols.view(patches.shape))
+    kernels = (jit.load("_iokernel_jit") if x.device.type == "cpu" and n
+               and cols.numel() >= IM2COL_KERNEL_MIN and x.dtype in (torch.float32, torch.float64)
+               and not x.requires_grad else None)
+    if kernels is None:
+        _, alpha = _dac(geometry.patches(x), io, (1, 2, 3), alpha=alpha, out=cols.view(shape6))
+    else:
+        alpha = _im2col_dac(kernels, x.contiguous(), geometry, alpha, io, cols.view(shape6))
     if alpha is not None:
         alpha = alpha.reshape(n, 1, ho * wo)
     return _adc(_columns_mvm(weight, cols), io, alpha, generator)
 
 
+def _im2col_dac(kernels, x: Tensor, geometry: PatchGeometry, alpha: Tensor | None,
+                io: IOConfig, out: Tensor) -> Tensor | None:
+    """`_dac` of the patches of x into out [N, C, kh, kw, Ho, Wo] with `im2col_dac_range_`:
+    the same per-patch factor (`_dac_factor`) and the same float operations."""
+    n, _, _, _, ho, wo = out.shape
+    if io.noise_management == "abs_max" and alpha is None:
+        alpha = geometry.patches(x).abs().amax(dim=(1, 2, 3), keepdim=True)
+    factor, alpha, level = _dac_factor(alpha, io)
+    if factor is None:
+        factor_t = torch.ones((n, ho, wo), dtype=x.dtype)
+    elif isinstance(factor, Tensor):
+        factor_t = factor.reshape(n, ho, wo).contiguous()
+    else:
+        factor_t = torch.full((n, ho, wo), factor, dtype=x.dtype)
+    f = np.float32 if x.dtype == torch.float32 else np.float64
+    args = (x.numpy(), factor_t.numpy(), out.numpy())
+    geo = (*geometry.stride, *geometry.padding, *geometry.dilation, io.inp_step > 0,
+           f(level))
+    workers = max(1, min(torch.get_num_threads(), n, out.numel() // IM2COL_KERNEL_MIN))
+    cuts = [n * i // workers for i in range(workers + 1)]
+    list(rng.thread_pool(workers).map(
+        lambda i: kernels.im2col_dac_range_(*args, cuts[i], cuts[i + 1], *geo),
+        range(workers)))
+    return alpha
+
+
 def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
     """w [m, n] times every matrix of x [N, n, L] -> [N, m, L]."""
     return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+
+
+def _dac_factor(alpha: Tensor | None, io: IOConfig
+                ) -> tuple[Tensor | float | None, Tensor | None, float]:
+    """(factor, alpha, level) of the DAC: x_int = clip(round(x * factor), +-level) with
+    factor = 1 / (alpha * step) per vector under abs-max noise management (alpha given),
+    else 1 / step (or None: no scaling); level 0 means no clip (abs-max scaled inputs are
+    within [-1, 1] already); round only with a step."""
+    i_step = io.inp_step
+    factor: Tensor | float | None
+    if io.noise_management == "abs_max":
+        assert alpha is not None
+        # a zero vector stays exactly zero (aihwkit: alpha = 0 gives output 0)
+        inv = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).reciprocal_()
+        factor = inv / i_step if i_step > 0 else inv
+    else:
+        alpha = None
+        factor = 1 / i_step if i_step > 0 else None
+    level = 0.0
+    if alpha is None or io.inp_bound < 1:
+        level = io.inp_bound / i_step if i_step > 0 else io.inp_bound
+    return factor, alpha, level
 
 
 def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | None = None,
@@ -136,26 +230,17 @@ def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | 
     the abs-max of every vector along `dim` (or given) under abs-max noise management, else
     None. Written to `out` if given. The steps are folded into per-vector factors so that
     each pass over the inputs is one op; y = (x_int W) * step later."""
-    i_step = io.inp_step
-    if io.noise_management == "abs_max":
-        if alpha is None:
-            alpha = inp.abs().amax(dim=dim, keepdim=True)
-        # a zero vector stays exactly zero (aihwkit: alpha = 0 gives output 0)
-        inv = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).reciprocal_()
-        x = torch.mul(inp, inv / i_step if i_step > 0 else inv, out=out)
+    if io.noise_management == "abs_max" and alpha is None:
+        alpha = inp.abs().amax(dim=dim, keepdim=True)
+    factor, alpha, level = _dac_factor(alpha, io)
+    if factor is None:
+        x = inp.clone() if out is None else out.copy_(inp)
     else:
-        alpha = None
-        if i_step > 0:
-            x = torch.mul(inp, 1 / i_step, out=out)
-        else:
-            x = inp.clone() if out is None else out.copy_(inp)
-    if i_step > 0:
+        x = torch.mul(inp, factor, out=out)
+    if io.inp_step > 0:
         x.round_()
-        level = io.inp_bound / i_step
-        if alpha is None or io.inp_bound < 1:  # abs-max scaled inputs are within [-1, 1]
-            x.clamp_(-level, level)
-    elif alpha is None or io.inp_bound < 1:
-        x.clamp_(-io.inp_bound, io.inp_bound)
+    if level > 0:
+        x.clamp_(-level, level)
     return x, alpha
 
 

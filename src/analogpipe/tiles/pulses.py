@@ -157,7 +157,8 @@ class _Trains:
         self.device = x.device
         self.blocks: list[tuple[int, int, int]] = []
         # large draws on the CPU: the bit-mask kernel (`pulsekernel`), in sample order
-        self.kernel = (x.device.type == "cpu"
+        self.kernel = (x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
+                       and d.dtype == x.dtype
                        and int(bl[active].sum()) * (self.n_in + self.n_out)
                        >= KERNEL_MIN_ELEMENTS and pulsekernel.available())
         if self.kernel:  # the kernel forms p_x, p_d and the signs from x, d, a, b itself
@@ -288,6 +289,7 @@ SPARSE_D_DENSITY = 0.05
 # bit-mask kernel (`pulsekernel`), split over the intra-op threads in parts of at least this
 # size; below it the float path's few torch calls win.
 KERNEL_MIN_ELEMENTS = 1 << 18
+_KERNEL_DTYPES = (torch.float32, torch.float64)  # others (bfloat16, float16): float route
 KERNEL_PART_ELEMENTS = 1 << 18
 
 
@@ -319,6 +321,7 @@ def signed_counts(
     cols are None and the counts are [out, in].
     """
     check(lr >= 0, "lr", lr, "a value >= 0")
+    x, d = x.detach(), d.detach()  # counts are data, never part of an autograd graph
     n_in, n_out = x.shape[1], d.shape[1]
     like = dict(device=x.device, dtype=x.dtype)
     if lr == 0 or x.shape[0] == 0:

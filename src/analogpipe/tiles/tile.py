@@ -37,7 +37,7 @@ from analogpipe.devices import (
     sample_device_state,
 )
 from analogpipe.errors import ConfigError, check
-from analogpipe.tiles.io import IOConfig, analog_mvm, analog_mvm_patches
+from analogpipe.tiles.io import IOConfig, PatchGeometry, analog_mvm, analog_mvm_patches
 from analogpipe.tiles.pulses import UpdateConfig, pulsed_update_
 
 
@@ -314,12 +314,13 @@ class AnalogTile(nn.Module):
         return analog_mvm(d, self.weight, self.config.backward, self.generator("backward"),
                           transposed=True)
 
-    def forward_patches(self, patches: Tensor, alpha: Tensor | None) -> Tensor:
-        """`forward_rows` of conv patches given as a strided view [N, C, kh, kw, Ho, Wo] (and
-        their abs-max [N, 1, 1, 1, Ho, Wo], or None) -> [N, out, Ho*Wo]; see
+    def forward_patches(self, x: Tensor, geometry: PatchGeometry,
+                        alpha: Tensor | None) -> Tensor:
+        """`forward_rows` of every conv patch of x [N, C, H, W] (geometry: the conv's; alpha:
+        the patches' abs-max [N, 1, 1, 1, Ho, Wo], or None) -> [N, out, Ho*Wo]; see
         `analog_mvm_patches`."""
         purpose = "forward" if self.training else "eval"
-        return analog_mvm_patches(patches, alpha, self.weight, self.config.forward,
+        return analog_mvm_patches(x, geometry, alpha, self.weight, self.config.forward,
                                   self.generator(purpose))
 
     def backward_cols(self, d: Tensor) -> Tensor:
