@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-import analogpipe.tiles.io as io_mod
 from analogpipe.devices import DeviceConfig
 from analogpipe.errors import ConfigError
 from analogpipe.nn import AnalogConv2d, AnalogLinear
@@ -157,39 +156,6 @@ def test_column_layout_equals_row_layout():
     clean = torch.matmul(w.float(), xs / alpha)
     spread = (analog_mvm(xs, w.float(), noisy, g, columns=True) / alpha - clean).std().item()
     assert abs(spread / 0.05 - 1) < 0.02  # 160k draws
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("io", [
-    IOConfig.bits(8, 8),
-    IOConfig.bits(6, 9, out_noise=0.05, out_bound=3.0),
-    IOConfig(inp_res=0, out_res=0, out_noise=0.01, out_bound=5.0),  # no quantization
-    IOConfig(noise_management="none", out_res=0, out_bound=math.inf),  # no alpha, no clip
-    IOConfig.bits(8, 8, out_noise=0.0),
-])
-def test_compiled_adc_equals_the_torch_ops_bit_for_bit(monkeypatch, io, dtype):
-    """The CPU's one-pass ADC kernel against the torch ops it replaces, on rows and columns,
-    at 1 and 3 threads: identical values (same noise draw, same float operations)."""
-    g = torch.Generator().manual_seed(0)
-    cases = [((64, 300), (64, 1)), ((3, 20, 700), (3, 1, 700))]
-    old = torch.get_num_threads()
-    try:
-        for shape, a_shape in cases:
-            y = (torch.randn(shape, generator=g) * 400).round().to(dtype)
-            y[0, :3] = 0.0
-            alpha = (torch.rand(a_shape, generator=g) + 0.1).to(dtype)
-            if io.noise_management == "none":
-                alpha = None
-            outs = []
-            for threshold, threads in ((1 << 62, 1), (0, 1), (0, 3)):
-                monkeypatch.setattr(io_mod, "ADC_KERNEL_MIN", threshold)
-                monkeypatch.setattr(io_mod, "ADC_KERNEL_PART", 16)
-                torch.set_num_threads(threads)
-                outs.append(io_mod._adc(y.clone(), io, alpha, torch.Generator().manual_seed(4)))
-            assert outs[0].dtype == dtype
-            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_an_adc_step_needs_a_finite_out_bound():

@@ -13,7 +13,7 @@ import warnings
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     from analogpipe.tiles import jit
-    kernels = jit.load("_iokernel_jit")
+    kernels = jit.load("_pulsekernel_jit")
 print("loaded", kernels is not None)
 print("warnings", [str(w.message) for w in caught])
 """

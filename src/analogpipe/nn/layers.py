@@ -25,9 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analogpipe.errors import ConfigError, check
-from analogpipe.tiles import jit
 from analogpipe.tiles.io import PatchGeometry
-from analogpipe.tiles.rng import thread_pool
 from analogpipe.tiles.tile import AnalogTile, TileConfig
 from analogpipe.tiles.transfer import make_tile
 
@@ -159,10 +157,6 @@ class AnalogLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
-
-
-# CPU col2im of at least this many patch elements runs as one compiled pass (`fold`)
-FOLD_KERNEL_MIN = 1 << 15
 
 
 class _ConvFn(torch.autograd.Function):
@@ -324,17 +318,6 @@ class AnalogConv2d(nn.Module):
         ho, wo = self.output_hw(h, w)
         out = cols.new_zeros(n, self.in_channels, h + 2 * ph, w + 2 * pw)
         z = cols.view(n, self.in_channels, kh, kw, ho, wo)
-        kernels = (jit.load("_iokernel_jit") if cols.device.type == "cpu" and n
-                   and cols.dtype in (torch.float32, torch.float64) and cols.is_contiguous()
-                   and not cols.requires_grad and cols.numel() >= FOLD_KERNEL_MIN else None)
-        if kernels is not None:  # one pass, each image's grid in cache; the same sums
-            zn, on = z.numpy(), out.numpy()
-            workers = max(1, min(torch.get_num_threads(), n, cols.numel() // FOLD_KERNEL_MIN))
-            cuts = [n * i // workers for i in range(workers + 1)]
-            list(thread_pool(workers).map(
-                lambda i: kernels.fold_range_(zn, on, cuts[i], cuts[i + 1], sh, sw, dh, dw),
-                range(workers)))
-            return out[:, :, ph:ph + h, pw:pw + w] if ph or pw else out
         for i in range(kh):
             for j in range(kw):
                 out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from analogpipe.errors import check
-from analogpipe.tiles import jit, rng
+from analogpipe.tiles import rng
 
 NOISE_MANAGEMENT = ("abs_max", "none")
 
@@ -134,11 +133,6 @@ class PatchGeometry:
                              (s0, s1, dh * s2, dw * s3, sh * s2, sw * s3), xp.storage_offset())
 
 
-# CPU convs whose patch columns have at least this many elements build them with one compiled
-# pass (im2col and DAC together, `_iokernel_jit.im2col_dac_range_`), bit-identical
-IM2COL_KERNEL_MIN = 1 << 15
-
-
 def analog_mvm_patches(
     x: Tensor, geometry: PatchGeometry, alpha: Tensor | None, weight: Tensor, io: IOConfig,
     generator: torch.Generator | None,
@@ -148,8 +142,7 @@ def analog_mvm_patches(
 
     x: [N, C, H, W]; alpha: the abs-max of every patch [N, 1, 1, 1, H_out, W_out] (None:
     computed here; ignored without abs-max noise management); weight: [out, C*kh*kw].
-    Returns [N, out, H_out * W_out]. On the CPU, large inputs take a compiled pass
-    (`_iokernel_jit`) that reads x directly (no padded copy) and gives the same values.
+    Returns [N, out, H_out * W_out].
     """
     n, c = x.shape[:2]
     (kh, kw) = geometry.kernel_size
@@ -159,42 +152,10 @@ def analog_mvm_patches(
     if io.is_perfect:
         cols.view(shape6).copy_(geometry.patches(x))
         return _columns_mvm(weight, cols)
-    kernels = (jit.load("_iokernel_jit") if x.device.type == "cpu" and n
-               and cols.numel() >= IM2COL_KERNEL_MIN and x.dtype in (torch.float32, torch.float64)
-               and not x.requires_grad else None)
-    if kernels is None:
-        _, alpha = _dac(geometry.patches(x), io, (1, 2, 3), alpha=alpha, out=cols.view(shape6))
-    else:
-        alpha = _im2col_dac(kernels, x.contiguous(), geometry, alpha, io, cols.view(shape6))
+    _, alpha = _dac(geometry.patches(x), io, (1, 2, 3), alpha=alpha, out=cols.view(shape6))
     if alpha is not None:
         alpha = alpha.reshape(n, 1, ho * wo)
     return _adc(_columns_mvm(weight, cols), io, alpha, generator)
-
-
-def _im2col_dac(kernels, x: Tensor, geometry: PatchGeometry, alpha: Tensor | None,
-                io: IOConfig, out: Tensor) -> Tensor | None:
-    """`_dac` of the patches of x into out [N, C, kh, kw, Ho, Wo] with `im2col_dac_range_`:
-    the same per-patch factor (`_dac_factor`) and the same float operations."""
-    n, _, _, _, ho, wo = out.shape
-    if io.noise_management == "abs_max" and alpha is None:
-        alpha = geometry.patches(x).abs().amax(dim=(1, 2, 3), keepdim=True)
-    factor, alpha, level = _dac_factor(alpha, io)
-    if factor is None:
-        factor_t = torch.ones((n, ho, wo), dtype=x.dtype)
-    elif isinstance(factor, Tensor):
-        factor_t = factor.reshape(n, ho, wo).contiguous()
-    else:
-        factor_t = torch.full((n, ho, wo), factor, dtype=x.dtype)
-    f = np.float32 if x.dtype == torch.float32 else np.float64
-    args = (x.numpy(), factor_t.numpy(), out.numpy())
-    geo = (*geometry.stride, *geometry.padding, *geometry.dilation, io.inp_step > 0,
-           f(level))
-    workers = max(1, min(torch.get_num_threads(), n, out.numel() // IM2COL_KERNEL_MIN))
-    cuts = [n * i // workers for i in range(workers + 1)]
-    list(rng.thread_pool(workers).map(
-        lambda i: kernels.im2col_dac_range_(*args, cuts[i], cuts[i + 1], *geo),
-        range(workers)))
-    return alpha
 
 
 def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
@@ -244,13 +205,6 @@ def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | 
     return x, alpha
 
 
-# CPU outputs with at least this many elements run the ADC as one compiled pass
-# (`_iokernel_jit`, bit-identical to the torch ops below); smaller ones keep the torch ops,
-# whose few calls cost less than the kernel's dispatch.
-ADC_KERNEL_MIN = 1 << 12
-ADC_KERNEL_PART = 1 << 16  # elements per thread at least
-
-
 def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
          generator: torch.Generator | None) -> Tensor:
     """Output side, in place on the MVM result y of DAC levels: the input step, output noise,
@@ -258,11 +212,6 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
 
     y: [S, out] rows with alpha [S, 1], or [N, out, L] columns with alpha [N, 1, L]."""
     i_step, o_step = io.inp_step, io.out_step
-    if (y.device.type == "cpu" and y.numel() >= ADC_KERNEL_MIN and y.is_contiguous()
-            and y.dtype in (torch.float32, torch.float64) and not y.requires_grad):
-        kernels = jit.load("_iokernel_jit")
-        if kernels is not None:
-            return _adc_kernel(kernels, y, io, alpha, generator)
     if i_step > 0:
         y.mul_(i_step)
     if io.out_noise > 0:
@@ -277,30 +226,3 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
         y.clamp_(-io.out_bound, io.out_bound)
     return y.mul_(alpha) if alpha is not None else y
 
-
-def _adc_kernel(kernels, y: Tensor, io: IOConfig, alpha: Tensor | None,
-                generator: torch.Generator | None) -> Tensor:
-    """`_adc` as one pass of `_iokernel_jit.adc_range_` over y, split over the intra-op
-    threads by rows / batch items; the same noise draw and the same float operations
-    (scalars rounded to y's dtype as torch rounds them, the noise added by a fused
-    multiply-add as torch's vectorized `add_(alpha=)`), so the same result bit for bit."""
-    i_step, o_step = io.inp_step, io.out_step
-    y3 = y.unsqueeze(-1) if y.dim() == 2 else y  # [A, B, C]
-    n_a, _, n_c = y3.shape
-    noise = rng.normal_(torch.empty_like(y), generator) if io.out_noise > 0 else y
-    if alpha is None:
-        scale = torch.full((n_a, n_c), o_step if o_step > 0 else 1.0, dtype=y.dtype)
-    else:
-        scale = (alpha * o_step if o_step > 0 else alpha).reshape(n_a, n_c)
-    f = np.float32 if y.dtype == torch.float32 else np.float64
-    consts = (f(i_step), f(io.out_noise), f(1 / o_step if o_step > 0 else 0.0),
-              f(io.out_bound / o_step if o_step > 0 else 0.0), f(io.out_bound))
-    arrays = (y3.numpy(), noise.view(y3.shape).numpy(), scale.contiguous().numpy())
-    workers = max(1, min(torch.get_num_threads(), n_a, y.numel() // ADC_KERNEL_PART))
-    if workers == 1:
-        kernels.adc_range_(*arrays, 0, n_a, *consts)
-        return y
-    cuts = [n_a * i // workers for i in range(workers + 1)]
-    list(rng.thread_pool(workers).map(
-        lambda i: kernels.adc_range_(*arrays, cuts[i], cuts[i + 1], *consts), range(workers)))
-    return y

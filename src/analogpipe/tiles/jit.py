@@ -1,4 +1,4 @@
-"""Loading the numba-compiled CPU kernels (`_pulsekernel_jit`, `_iokernel_jit`).
+"""Loading the numba-compiled CPU kernels (`_pulsekernel_jit`).
 
 numba is imported on the first use of a kernel, not with analogpipe; the kernels are compiled
 once and cached on disk by numba (about two seconds the first time). Without numba, or when a
