@@ -30,13 +30,12 @@ def _thresholds(v, f, thr, idx, jg):
     jg[k] = j * GOLD (mod 2^64) for the elements that can fire (thr > 0), in order; returns
     their number."""
     nnz = 0
-    for j in range(v.shape[0]):
+    for j in range(v.shape[0]):  # branch-free compaction (zeros come in random order)
         t = np.uint64(min(abs(v[j]) * f, 1.0) * SCALE)
-        if t > 0:
-            thr[nnz] = t
-            idx[nnz] = j
-            jg[nnz] = np.uint64(j) * GOLD
-            nnz += 1
+        thr[nnz] = t
+        idx[nnz] = j
+        jg[nnz] = np.uint64(j) * GOLD
+        nnz += t > 0
     return nnz
 
 
@@ -94,7 +93,6 @@ def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
     pair_stride = np.uint64(n_in + n_out)
     sample_stride = np.uint64(MAX_SLOTS // 2) * pair_stride
     full = np.uint32(0xFFFFFFFF)
-    down, up = acc[0], acc[1]
     for s in range(s0, s1):
         nbl = bl[s]
         if nbl <= 0:
@@ -114,24 +112,24 @@ def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
             if fired == 0:
                 continue
             _fire(thx, ix, gx, nx, fired, t0, ns, seed, base, pair_stride, xpk, xm)
-            if x_signed:
+            if x_signed:  # branch-free: the signs come in random order
                 for j in range(n_in):
-                    if x[s, j] < 0:
-                        xpos[j], xneg[j] = np.uint32(0), xm[j]
-                    else:
-                        xpos[j], xneg[j] = xm[j], np.uint32(0)
+                    neg = np.uint32(0) - np.uint32(x[s, j] < 0)  # all ones where x < 0
+                    xneg[j] = xm[j] & neg
+                    xpos[j] = xm[j] & ~neg
             for i in range(n_out):
                 m = dm[i]
                 if m == 0:
                     continue
-                same, other = (up, down) if d[s, i] < 0 else (down, up)
+                k = np.int64(d[s, i] < 0)  # 0: d > 0 (x > 0 coincidences are down pulses)
+                same, other = acc[k, i], acc[1 - k, i]
                 if x_signed:
                     for j in range(n_in):
-                        same[i, j] += np.int32(_popcount32(m & xpos[j]))
-                        other[i, j] += np.int32(_popcount32(m & xneg[j]))
+                        same[j] += np.int32(_popcount32(m & xpos[j]))
+                        other[j] += np.int32(_popcount32(m & xneg[j]))
                 else:
                     for j in range(n_in):
-                        same[i, j] += np.int32(_popcount32(m & xm[j]))
+                        same[j] += np.int32(_popcount32(m & xm[j]))
 
 
 @numba.njit(nogil=True, cache=True)
