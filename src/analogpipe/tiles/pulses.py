@@ -156,14 +156,16 @@ class _Trains:
         self.n_in, self.n_out = x.shape[1], d.shape[1]
         self.device = x.device
         self.blocks: list[tuple[int, int, int]] = []
-        # large draws on the CPU: the bit-mask kernel (`pulsekernel`), in sample order
+        # large draws on the CPU: the bit-mask kernel (`pulsekernel`), in sample order; its
+        # int32 counts are exact below 2^31 slots in all
+        slots = int(bl[active].sum())
         self.kernel = (x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
-                       and d.dtype == x.dtype
-                       and int(bl[active].sum()) * (self.n_in + self.n_out)
-                       >= KERNEL_MIN_ELEMENTS and pulsekernel.available())
+                       and d.dtype == x.dtype and slots < 2**31
+                       and slots * (self.n_in + self.n_out) >= KERNEL_MIN_ELEMENTS
+                       and pulsekernel.available())
         if self.kernel:  # the kernel forms p_x, p_d and the signs from x, d, a, b itself
             self.bl = bl.masked_fill_(~active, 0)
-            self.rows = int(self.bl.sum())
+            self.rows = slots
             self.x, self.d, self.a, self.b = x, d, a, b
             self.x_signed = bool(x_min.min() < 0)
             return
@@ -193,7 +195,7 @@ class _Trains:
         self.s_x, self.s_d = torch.sign(x), torch.sign(d)
 
     def kernel_counts(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(signed, total) [out, in] int64 from `pulsekernel`: the samples are cut into
+        """(signed, total) [out, in] (int32) from `pulsekernel`: the samples are cut into
         ranges of about equal sum_s BL_s, one per intra-op thread; each range adds to its own
         int32 counts. The trials' random numbers come from one 64-bit key drawn from
         `generator`, so the counts do not depend on the thread count."""
@@ -219,7 +221,8 @@ class _Trains:
             run(0)
         else:
             list(thread_pool(len(accs)).map(run, range(len(accs))))
-        acc = torch.from_numpy(accs[0]).to(torch.int64)
+        # int32 is exact: every element's count is at most sum_s BL_s < 2^31 (`kernel`)
+        acc = torch.from_numpy(accs[0])
         for extra in accs[1:]:
             acc += torch.from_numpy(extra)
         down, up = acc[0], acc[1]
