@@ -42,3 +42,36 @@ def test_split_normal_fill_is_standard_normal_and_parts_uncorrelated():
     off = corr[~torch.eye(4, dtype=torch.bool)]
     assert off.abs().max() < 5 / rng.PART**0.5  # |r| of independent parts ~ 1/sqrt(n)
 
+
+
+def test_compiled_float32_normals_are_standard_normal_and_independent():
+    """The compiled float32 fill (counter-based Box-Muller): KS test, mean and variance
+    within 5 SE, two-sided tail masses at 2, 3 and 4 sigma within 5 binomial SE, and no
+    correlation between the two values of a pair, neighbours, or blocks (|r| < 5/sqrt(n))."""
+    from analogpipe.tiles import _rngkernel_jit as kernels
+
+    n = 4 * rng.PART
+    x = rng.normal_(torch.empty(n), torch.Generator().manual_seed(0)).double()
+    assert stats.kstest(x[::7].numpy(), "norm").pvalue > 1e-3
+    assert abs(float(x.mean())) < 5 / n**0.5
+    assert abs(float(x.var()) - 1) < 5 * (2 / n) ** 0.5
+    for z in (2.0, 3.0, 4.0):
+        p = 2 * stats.norm.sf(z)
+        assert abs(float((x.abs() > z).double().mean()) - p) < 5 * (p * (1 - p) / n) ** 0.5
+    b = kernels.BLOCK
+    blocks = x.view(-1, 2, b)  # [block, cos/sin, pair]
+    pairs = {
+        "cos-sin of a pair": (blocks[:, 0].flatten(), blocks[:, 1].flatten()),
+        "neighbours": (x[:-1], x[1:]),
+        "next block": (blocks[:-1].flatten(), blocks[1:].flatten()),
+    }
+    for name, (a, c) in pairs.items():
+        r = float(torch.corrcoef(torch.stack([a, c]))[0, 1])
+        assert abs(r) < 5 / a.numel() ** 0.5, name
+    # the radius and the angle of a pair are independent: E[(c^2 + s^2)] = 2 in every
+    # angle quarter
+    r2 = (blocks[:, 0] ** 2 + blocks[:, 1] ** 2).flatten()
+    quarter = (torch.atan2(blocks[:, 1], blocks[:, 0]).flatten() // (torch.pi / 2)).long()
+    for q in range(-2, 2):
+        sel = r2[quarter == q]
+        assert abs(float(sel.mean()) - 2) < 5 * 2 / sel.numel() ** 0.5, q

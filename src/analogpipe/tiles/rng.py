@@ -10,6 +10,14 @@ The parts and their seeds depend only on the tensor's size and the caller's gene
 never on the thread count: the same seed gives the same numbers with 1 thread or 16. Small
 fills and other devices (CUDA generators are parallel) draw directly from the caller's
 generator.
+
+Large float32 fills on the CPU use a compiled counter-based generator instead
+(`_rngkernel_jit`, numba, where available): Box-Muller pairs from SplitMix64 outputs keyed by
+one 64-bit draw of the caller's generator, u1 in (0, 1] and the angle on 24-bit grids, log and
+sin / cos by Cephes' float32 polynomials (relative error ~1e-7), so |z| <= sqrt(2 ln 2^24)
+= 5.77 (torch's float32 Box-Muller truncates likewise). About four times faster than the
+split torch fill here; a value depends only on the key and its position, so the thread count
+does not matter either.
 """
 
 from __future__ import annotations
@@ -19,8 +27,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from analogpipe.tiles import jit
 
 PART = 1 << 20  # elements per part of a normal fill
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: distinct, well-spread part seeds
@@ -58,7 +69,34 @@ def _split_fill(t: Tensor, generator: torch.Generator | None,
 
 def normal_(t: Tensor, generator: torch.Generator | None) -> Tensor:
     """Fill t with standard normal values in place (see the module docstring)."""
+    if (t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() >= 2 * PART
+            and t.is_contiguous() and not t.requires_grad):
+        kernels = jit.load("_rngkernel_jit")
+        if kernels is not None:
+            return _kernel_normal_(kernels, t, generator)
     return _split_fill(t, generator, lambda p, g: p.normal_(generator=g), PART)
+
+
+def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Large float32 fills on the CPU: counter-based Box-Muller (`_rngkernel_jit`), keyed by
+    one 64-bit draw of the caller's generator; blocks of 2048 values split over the threads
+    (a value depends only on the key and its position)."""
+    key = int(torch.randint(-(2**63), 2**63 - 1, (1,), generator=generator,
+                            dtype=torch.int64)) % 2**64
+    flat = t.view(-1).numpy()
+    blocks = -(-flat.shape[0] // (2 * kernels.BLOCK))
+    workers = max(1, min(torch.get_num_threads(), t.numel() // PART))
+    cuts = [blocks * i // workers for i in range(workers + 1)]
+    seed = np.uint64(key)
+
+    def run(i: int) -> None:
+        kernels.normals_range_(flat, seed, cuts[i], cuts[i + 1])
+
+    if workers == 1:
+        run(0)
+    else:
+        list(thread_pool(workers).map(run, range(workers)))
+    return t
 
 
 
