@@ -34,6 +34,8 @@ from torch import Tensor
 from analogpipe.tiles import jit
 
 PART = 1 << 20  # elements per part of a normal fill
+KERNEL_MIN = 1 << 15  # float32 fills from this size take the compiled generator
+KERNEL_PART = 1 << 17  # and are split over threads in parts of at least this many values
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: distinct, well-spread part seeds
 _pool_lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
@@ -69,7 +71,7 @@ def _split_fill(t: Tensor, generator: torch.Generator | None,
 
 def normal_(t: Tensor, generator: torch.Generator | None) -> Tensor:
     """Fill t with standard normal values in place (see the module docstring)."""
-    if (t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() >= 2 * PART
+    if (t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() >= KERNEL_MIN
             and t.is_contiguous() and not t.requires_grad):
         kernels = jit.load("_rngkernel_jit")
         if kernels is not None:
@@ -85,7 +87,7 @@ def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None) -> Te
                             dtype=torch.int64)) % 2**64
     flat = t.view(-1).numpy()
     blocks = -(-flat.shape[0] // (2 * kernels.BLOCK))
-    workers = max(1, min(torch.get_num_threads(), t.numel() // PART))
+    workers = max(1, min(torch.get_num_threads(), t.numel() // KERNEL_PART))
     cuts = [blocks * i // workers for i in range(workers + 1)]
     seed = np.uint64(key)
 
