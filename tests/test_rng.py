@@ -75,3 +75,15 @@ def test_compiled_float32_normals_are_standard_normal_and_independent():
     for q in range(-2, 2):
         sel = r2[quarter == q]
         assert abs(float(sel.mean()) - 2) < 5 * 2 / sel.numel() ** 0.5, q
+
+
+@pytest.mark.parametrize("n", [5000, (1 << 15) + 3, 3 * (1 << 17) + 11])
+def test_add_normal_adds_the_values_normal_draws(n, threads):
+    """add_normal_(t, std) = t + std * normal_(...) from the same generator state (exactly
+    for the torch route, to float32 rounding for the compiled one), at 1 and 3 threads."""
+    base = torch.linspace(-3, 3, n)
+    for t in (1, 3):
+        torch.set_num_threads(t)
+        z = rng.normal_(torch.empty(n), torch.Generator().manual_seed(5))
+        got = rng.add_normal_(base.clone(), 0.25, torch.Generator().manual_seed(5))
+        torch.testing.assert_close(got, base + 0.25 * z, rtol=0, atol=1e-6)

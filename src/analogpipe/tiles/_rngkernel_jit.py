@@ -99,10 +99,10 @@ def _sincos_turns(v):
 
 
 @numba.njit(inline="always", error_model="numpy")
-def _block(seed, k0, out_c, out_s, m, hi, lo):
-    """Pairs k0 .. k0 + m - 1: out_c[j] = r cos a, out_s[j] = r sin a (Box-Muller). The
-    hashes (64-bit lanes) and the float32 math (32-bit lanes, twice as many per vector) run
-    as separate loops over the int32 scratch arrays hi, lo."""
+def _block(seed, k0, zc, zs, m, hi, lo):
+    """Pairs k0 .. k0 + m - 1: zc[j] = r cos a, zs[j] = r sin a (Box-Muller). The hashes
+    (64-bit lanes) and the float32 math (32-bit lanes, twice as many per vector) run as
+    separate loops over the int32 scratch arrays hi, lo."""
     for j in range(m):
         h = _mix(seed + np.uint64(k0 + j) * GOLD)
         hi[j] = np.int32(h >> np.uint64(40))
@@ -112,27 +112,34 @@ def _block(seed, k0, out_c, out_s, m, hi, lo):
         r = np.sqrt(_F(-2.0) * _logf(u1))
         v = _F(lo[j]) * _F(2.0**-22)  # [0, 4) quarter turns
         s, c = _sincos_turns(v)
-        out_c[j] = r * c
-        out_s[j] = r * s
+        zc[j] = r * c
+        zs[j] = r * s
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def normals_range_(out, seed, b0, b1):
-    """Standard normals into blocks b0:b1 of out (float32, flat): block b is
+def normals_range_(out, seed, b0, b1, scale, add):
+    """Normals of standard deviation `scale` (float32) into blocks b0:b1 of out (float32,
+    flat), added to its values if `add`, else written: block b is
     out[2 B b : 2 B (b + 1)], B = BLOCK; pair k = B b + j gives its elements j (r cos a) and
     B + j (r sin a), by Box-Muller from the SplitMix64 output of seed + k * GOLD:
     u1 = (high 24 bits + 1) / 2^24 in (0, 1], u2 = low 24 bits / 2^24, r = sqrt(-2 ln u1),
     a = 2 pi u2, in float32 arithmetic. A last, partial block keeps its first elements of
-    the same layout."""
-    n = out.shape[0]
-    tmp = np.empty(2 * BLOCK, out.dtype)
+    the same layout. The values are formed in a scratch block and then written / added."""
+    z = np.empty(2 * BLOCK, np.float32)
     hi = np.empty(BLOCK, np.int32)
     lo = np.empty(BLOCK, np.int32)
     for b in range(b0, b1):
         start = 2 * BLOCK * b
-        if start + 2 * BLOCK <= n:
-            _block(seed, BLOCK * b, out[start:start + BLOCK],
-                   out[start + BLOCK:start + 2 * BLOCK], BLOCK, hi, lo)
+        dst = out[start:start + 2 * BLOCK]
+        if not add and scale == 1 and dst.shape[0] == 2 * BLOCK:  # straight into out
+            _block(seed, BLOCK * b, dst[:BLOCK], dst[BLOCK:], BLOCK, hi, lo)
+            continue
+        _block(seed, BLOCK * b, z[:BLOCK], z[BLOCK:], BLOCK, hi, lo)
+        if add:
+            for i in range(dst.shape[0]):
+                dst[i] += scale * z[i]
+        elif scale == 1:
+            dst[:] = z[:dst.shape[0]]
         else:
-            _block(seed, BLOCK * b, tmp[:BLOCK], tmp[BLOCK:], BLOCK, hi, lo)
-            out[start:] = tmp[:n - start]
+            for i in range(dst.shape[0]):
+                dst[i] = scale * z[i]

@@ -215,7 +215,7 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
     if i_step > 0:
         y.mul_(i_step)
     if io.out_noise > 0:
-        y.add_(rng.normal_(torch.empty_like(y), generator), alpha=io.out_noise)
+        rng.add_normal_(y, io.out_noise, generator)
     if o_step > 0:
         y.mul_(1 / o_step).round_()
         if math.isfinite(io.out_bound):

@@ -71,15 +71,31 @@ def _split_fill(t: Tensor, generator: torch.Generator | None,
 
 def normal_(t: Tensor, generator: torch.Generator | None) -> Tensor:
     """Fill t with standard normal values in place (see the module docstring)."""
-    if (t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() >= KERNEL_MIN
-            and t.is_contiguous() and not t.requires_grad):
-        kernels = jit.load("_rngkernel_jit")
-        if kernels is not None:
-            return _kernel_normal_(kernels, t, generator)
+    kernels = _kernels_for(t)
+    if kernels is not None:
+        return _kernel_normal_(kernels, t, generator, 1.0, False)
     return _split_fill(t, generator, lambda p, g: p.normal_(generator=g), PART)
 
 
-def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None) -> Tensor:
+def add_normal_(t: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
+    """t += std * (standard normal values), in place: `t.add_(normal_(empty_like(t)),
+    alpha=std)`, in one pass without the noise tensor where the compiled generator runs
+    (the same values as `normal_` would draw, scaled in float32)."""
+    kernels = _kernels_for(t)
+    if kernels is not None:
+        return _kernel_normal_(kernels, t, generator, std, True)
+    return t.add_(normal_(torch.empty_like(t), generator), alpha=std)
+
+
+def _kernels_for(t: Tensor):
+    if (t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() >= KERNEL_MIN
+            and t.is_contiguous() and not t.requires_grad):
+        return jit.load("_rngkernel_jit")
+    return None
+
+
+def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None, std: float,
+                    add: bool) -> Tensor:
     """Large float32 fills on the CPU: counter-based Box-Muller (`_rngkernel_jit`), keyed by
     one 64-bit draw of the caller's generator; blocks of 2048 values split over the threads
     (a value depends only on the key and its position)."""
@@ -91,8 +107,10 @@ def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None) -> Te
     cuts = [blocks * i // workers for i in range(workers + 1)]
     seed = np.uint64(key)
 
+    scale = np.float32(std)
+
     def run(i: int) -> None:
-        kernels.normals_range_(flat, seed, cuts[i], cuts[i + 1])
+        kernels.normals_range_(flat, seed, cuts[i], cuts[i + 1], scale, add)
 
     if workers == 1:
         run(0)
@@ -102,4 +120,4 @@ def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None) -> Te
 
 
 
-__all__ = ["PART", "normal_", "thread_pool"]
+__all__ = ["PART", "add_normal_", "normal_", "thread_pool"]
