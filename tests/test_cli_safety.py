@@ -175,6 +175,19 @@ def test_settings_the_model_cannot_run_are_refused_before_writing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("bits", ["25", "200", "2000"])
+def test_converter_bits_beyond_float32_are_refused_before_writing(tmp_path, bits):
+    """More than 24 bits: levels beyond float32 (an overflow at the first ADC, or a float
+    overflow in the resolution itself); refused with the setting named, exit 2, nothing
+    written."""
+    out = tmp_path / "bits"
+    r = cli("train", "--subset", "64", "--io-bits", bits, "--no-progress", "--out", str(out))
+    assert r.returncode == 2, r.stderr
+    assert "io_bits" in r.stderr and "[2, 24]" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------ reproduce
 REPRO = ["reproduce", "--quick", "--subset", "320", "--seeds", "1", "--taus", "0.8",
          "--stage-list", "1,2", "--convergence-steps", "40", "--workers", "2"]

@@ -158,6 +158,18 @@ def test_column_layout_equals_row_layout():
     assert abs(spread / 0.05 - 1) < 0.02  # 160k draws
 
 
+def test_converters_beyond_24_bits_are_refused():
+    """Levels of more than 24 bits do not fit float32 (the ADC clamp overflowed): refused by
+    res_for_bits and by IOConfig's resolutions, with the setting named."""
+    assert res_for_bits(24) == 1 / (2**24 - 2)
+    with pytest.raises(ConfigError, match="bits"):
+        res_for_bits(25)
+    with pytest.raises(ConfigError, match="io.out_res"):
+        IOConfig(out_res=1e-12)
+    with pytest.raises(ConfigError, match="io.inp_res"):
+        IOConfig(inp_res=1 / (2**30))
+
+
 def test_an_adc_step_needs_a_finite_out_bound():
     """out_res > 0 with out_bound = inf would make the ADC step infinite (NaN outputs): refused
     with the setting named; out_res <= 0 allows an unbounded output."""

@@ -87,3 +87,14 @@ def test_add_normal_adds_the_values_normal_draws(n, threads):
         z = rng.normal_(torch.empty(n), torch.Generator().manual_seed(5))
         got = rng.add_normal_(base.clone(), 0.25, torch.Generator().manual_seed(5))
         torch.testing.assert_close(got, base + 0.25 * z, rtol=0, atol=1e-6)
+
+
+def test_a_fill_of_a_tensor_saved_for_backward_is_caught_by_autograd():
+    """The compiled fill writes through numpy; it still bumps the tensor's version, so a
+    backward that saved the tensor raises (as after torch's own in-place ops)."""
+    w = torch.randn(1 << 16, requires_grad=True)
+    a = torch.ones(1 << 16)
+    z = (a * w).sum()  # saves a for the gradient of w
+    rng.normal_(a, torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.backward()

@@ -104,7 +104,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      help="mapping: each output row's largest |w| is programmed at omega "
                           "(conductance units, 0 < omega <= tau; default: tau / 2)")
     dev.add_argument("--io-bits", type=int, default=8,
-                     help="DAC/ADC bits: 0 (perfect periphery) or >= 2")
+                     help="DAC/ADC bits: 0 (perfect periphery) or 2 to 24")
     dev.add_argument("--out-noise", type=float, default=0.005,
                      help="output noise std, relative to the output range (>= 0)")
     dev.add_argument("--update", default="expected", choices=UPDATE_MODES,

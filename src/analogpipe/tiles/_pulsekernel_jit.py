@@ -132,6 +132,13 @@ def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
                         same[j] += np.int32(_popcount32(m & xm[j]))
 
 
+def warm_up() -> None:
+    """Compile (or load) the float32 kernel now, so that a build failure shows at loading."""
+    one = np.ones((1, 1), np.float32)
+    acc = np.zeros((2, 1, 1), np.int32)
+    count_range_(one, one, one[0], one[0], np.ones(1, np.int64), False, np.uint64(1), 0, 1, acc)
+
+
 @numba.njit(nogil=True, cache=True)
 def masks_range_(p, bl, seed, side_offset, pair_stride, out):
     """The fire masks of one side, every slot drawn, out [S, words, n] (uint32), with the

@@ -143,3 +143,8 @@ def normals_range_(out, seed, b0, b1, scale, add):
         else:
             for i in range(dst.shape[0]):
                 dst[i] = scale * z[i]
+
+
+def warm_up() -> None:
+    """Compile (or load) the kernel now, so that a build failure shows at loading."""
+    normals_range_(np.zeros(2 * BLOCK, np.float32), np.uint64(1), 0, 1, np.float32(1), True)

@@ -21,9 +21,15 @@ from analogpipe.tiles import rng
 NOISE_MANAGEMENT = ("abs_max", "none")
 
 
+MAX_BITS = 24  # float32 holds every level of a 24-bit converter exactly; more would overflow
+
+
 def res_for_bits(bits: int) -> float:
-    """aihwkit's resolution for an n-bit converter: 1/(2^n - 2), i.e. 2^n - 1 levels."""
-    check(isinstance(bits, int) and bits >= 2, "bits", bits, "an integer >= 2")
+    """aihwkit's resolution for an n-bit converter: 1/(2^n - 2), i.e. 2^n - 1 levels.
+
+    bits: 2 .. MAX_BITS (24: float32 holds every level exactly; raises ConfigError else)."""
+    check(isinstance(bits, int) and 2 <= bits <= MAX_BITS, "bits", bits,
+          f"an integer in [2, {MAX_BITS}]")
     return 1.0 / (2**bits - 2)
 
 
@@ -53,8 +59,9 @@ class IOConfig:
         check(self.out_bound > 0, "io.out_bound", self.out_bound, "a value > 0 (inf allowed)")
         for f in ("inp_res", "out_res"):
             v = getattr(self, f)
-            check(v < 1 and math.isfinite(v), f"io.{f}", v,
-                  "a resolution below 1 (1/(2^bits-2)), or <= 0 for no quantization")
+            check(v < 1 and math.isfinite(v) and (v <= 0 or v >= res_for_bits(MAX_BITS)),
+                  f"io.{f}", v, "a resolution in [1/(2^24-2), 1) (1/(2^bits-2), at most 24 "
+                  "bits: finer levels overflow float32), or <= 0 for no quantization")
         check(self.out_res <= 0 or math.isfinite(self.out_bound), "io.out_bound",
               self.out_bound, "a finite value when out_res > 0 (the ADC step is out_res * 2 * "
               "out_bound); set out_res <= 0 for an unquantized, unbounded output")
@@ -92,7 +99,8 @@ def analog_mvm(
     columns: the vectors are the columns of a batch of matrices instead, inp [N, in, L] ->
     [N, out, L] (conv patches as `F.unfold` lays them out, and conv errors as [N, C, H*W]):
     the same per-vector periphery, without transposing to rows and back.
-    Output noise is drawn with `analogpipe.tiles.rng.normal_` (large fills split over threads).
+    Output noise is added with `analogpipe.tiles.rng.add_normal_` (large CPU fills: a compiled
+    counter-based generator, or torch fills split over threads).
     """
     w = (weight.t() if transposed else weight) if columns else \
         (weight if transposed else weight.t())

@@ -1,4 +1,5 @@
-"""Loading the numba-compiled CPU kernels (`_pulsekernel_jit`).
+"""Loading the numba-compiled CPU kernels (`_pulsekernel_jit`: pulse trains; `_rngkernel_jit`:
+output noise).
 
 numba is imported on the first use of a kernel, not with analogpipe; the kernels are compiled
 once and cached on disk by numba (about two seconds the first time). Without numba, or when a
@@ -19,14 +20,18 @@ from types import ModuleType
 
 @functools.cache
 def load(name: str) -> ModuleType | None:
-    """The kernel module `analogpipe.tiles.<name>`, or None where it cannot run.
+    """The kernel module `analogpipe.tiles.<name>` with its main kernel compiled (its
+    `warm_up()`), or None where it cannot run.
 
     Where numba finds no writable cache location, the kernels are cached in a fresh temporary
-    folder for this process instead (compiled again by the next one), with a RuntimeWarning.
+    folder for this process instead (compiled again by the next one): `NUMBA_CACHE_DIR` is set
+    to it for the rest of the process (and its children), with a RuntimeWarning.
     """
     module = f"analogpipe.tiles.{name}"
     try:
-        return importlib.import_module(module)
+        kernels = importlib.import_module(module)
+        kernels.warm_up()
+        return kernels
     except ImportError:
         return None
     except Exception as err:  # noqa: BLE001 - any build failure: fall back, say why
@@ -41,6 +46,7 @@ def load(name: str) -> ModuleType | None:
     numba.config.reload_config()
     try:
         kernels = importlib.import_module(module)
+        kernels.warm_up()
     except Exception as err:  # noqa: BLE001
         return _give_up(name, err)
     warnings.warn(f"analogpipe: numba cannot cache the CPU kernels in {name} ({first}); "

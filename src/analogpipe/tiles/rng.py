@@ -116,6 +116,9 @@ def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None, std: 
         run(0)
     else:
         list(thread_pool(workers).map(run, range(workers)))
+    # written through numpy: tell autograd, as an in-place torch op would (a tensor saved for
+    # a backward and then noised makes that backward raise instead of using the new values)
+    torch.autograd.graph.increment_version(t)
     return t
 
 

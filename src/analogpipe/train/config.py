@@ -10,7 +10,7 @@ from analogpipe.devices import DEVICE_NAMES, DeviceConfig
 from analogpipe.errors import ConfigError, check
 from analogpipe.optim.delay import DELAY_COMPENSATIONS
 from analogpipe.tiles import IOConfig, MappingConfig, TileConfig, UpdateConfig
-from analogpipe.tiles.io import res_for_bits
+from analogpipe.tiles.io import MAX_BITS, res_for_bits
 from analogpipe.tiles.pulses import GRANULARITIES, UPDATE_MODES
 from analogpipe.tiles.transfer import TransferCompoundConfig
 
@@ -154,8 +154,8 @@ class TrainConfig:
         check(self.device_model in DEVICE_NAMES, "device_model", self.device_model,
               f"one of {DEVICE_NAMES}")
         check(self.tau > 0 and math.isfinite(self.tau), "tau", self.tau, "a finite value > 0")
-        check(self.io_bits == 0 or self.io_bits >= 2, "io_bits", self.io_bits,
-              "0 (perfect periphery) or an integer >= 2")
+        check(self.io_bits == 0 or 2 <= self.io_bits <= MAX_BITS, "io_bits", self.io_bits,
+              f"0 (perfect periphery) or an integer in [2, {MAX_BITS}]")
         check(self.out_noise >= 0, "out_noise", self.out_noise, "a value >= 0")
         check(self.update in UPDATE_MODES, "update", self.update, f"one of {UPDATE_MODES}")
         check(self.granularity in GRANULARITIES, "granularity", self.granularity,
