@@ -1,5 +1,6 @@
 """Pulsed update: loop reference on the same draws, mean vs expected, granularities."""
 
+import pytest
 import torch
 
 from analogpipe.devices import DeviceConfig, apply_pulses, expected_update, sample_device_state
@@ -148,10 +149,17 @@ def _rows(seed, s, n_in, n_out, scale):
     return x, d
 
 
-def test_submatrix_update_equals_dense_update_on_the_same_draws():
+@pytest.mark.parametrize("relu", [False, True])  # signed inputs, and the kernel's unsigned x
+@pytest.mark.parametrize("route", ["float", "kernel"])
+def test_submatrix_update_equals_dense_update_on_the_same_draws(monkeypatch, route, relu):
     """The tile's path (counts on the fired rows / columns only, in place) against
-    apply_pulses on the full pulse_counts, same generator state: identical weights."""
+    apply_pulses on the full pulse_counts, same generator state: identical weights, through
+    the float route and the CPU's bit-mask kernel (forced for every size)."""
+    import analogpipe.tiles.pulses as pulses
     from analogpipe.tiles.pulses import pulsed_update_
+
+    if route == "kernel":
+        monkeypatch.setattr(pulses, "KERNEL_MIN_ELEMENTS", 0)
 
     cfgs = [DeviceConfig(name="softbounds", dw_min=0.01, w_max=TAU, w_min=-TAU),
             DeviceConfig(name="softbounds", dw_min=0.01, w_max=TAU, w_min=-TAU,
@@ -161,6 +169,8 @@ def test_submatrix_update_equals_dense_update_on_the_same_draws():
         state = sample_device_state(cfg, (40, 60), torch.Generator().manual_seed(5))
         for seed, (s, scale) in enumerate([(1, 0.02), (3, 0.05), (8, 0.5), (20, 3.0)]):
             x, d = _rows(seed, s, 60, 40, scale)
+            if relu:
+                x = x.relu()
             w = (torch.rand(40, 60, generator=torch.Generator().manual_seed(seed)) - 0.5) * 0.6
             n_up, n_down = pulse_counts(x, d, 0.1, cfg.dw_min, ucfg,
                                         torch.Generator().manual_seed(seed))

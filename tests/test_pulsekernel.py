@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import analogpipe.tiles.pulses as pulses
-from analogpipe.devices import DeviceConfig, apply_pulses, sample_device_state
 from analogpipe.tiles import jit, pulsekernel
 from analogpipe.tiles.pulses import (
     UpdateConfig,
@@ -14,7 +13,6 @@ from analogpipe.tiles.pulses import (
     expected_pulse_count,
     pulse_counts,
     pulse_probabilities,
-    pulsed_update_,
 )
 
 
@@ -151,27 +149,6 @@ def test_kernel_counts_have_the_expected_mean(kernel_always, dtype):
         n = sum(pulse_counts(x[s:s + 1].repeat(2, 1), d[s:s + 1].repeat(2, 1), lr, dw, ucfg,
                              gen))
         assert n.max() <= 2 * bl[s]
-
-
-def test_kernel_submatrix_update_equals_dense_update_on_the_same_draws(kernel_always):
-    """Counts on the pulsed rows / columns only (in place) equal apply_pulses on the full
-    kernel counts from the same generator state."""
-    cfg = DeviceConfig(name="softbounds", dw_min=0.01, w_max=0.8, w_min=-0.8, dw_min_dtod=0.3,
-                       up_down=0.1)
-    ucfg = UpdateConfig(mode="pulsed")
-    state = sample_device_state(cfg, (40, 60), torch.Generator().manual_seed(5))
-    for seed, (s, scale) in enumerate([(2, 0.02), (3, 0.05), (8, 0.5), (20, 3.0)]):
-        g = torch.Generator().manual_seed(seed)
-        x = (torch.randn(s, 60, generator=g) * scale).relu()  # ReLU inputs: unsigned x path
-        d = torch.randn(s, 40, generator=g)
-        w = (torch.rand(40, 60, generator=g) - 0.5) * 0.6
-        n_up, n_down = pulse_counts(x, d, 0.1, cfg.dw_min, ucfg,
-                                    torch.Generator().manual_seed(seed))
-        ref = apply_pulses(w, n_up, n_down, state, cfg)
-        fast = pulsed_update_(w.clone(), x, d, 0.1, state, cfg, ucfg,
-                              torch.Generator().manual_seed(seed))
-        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
-        assert torch.equal(fast == w, ref == w)
 
 
 def test_kernel_and_float_paths_agree_in_distribution(monkeypatch):

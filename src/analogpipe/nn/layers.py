@@ -281,11 +281,6 @@ class AnalogConv2d(nn.Module):
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         return self.geometry.output_hw(h, w)
 
-    def _patches(self, x: Tensor) -> Tensor:
-        """Every patch of x [N, C, H, W] as a strided view [N, C, kh, kw, H_out, W_out] of the
-        zero-padded input (no copy beyond the padding)."""
-        return self.geometry.patches(x)
-
     def patch_absmax(self, x: Tensor) -> Tensor:
         """max |x| over every patch [N, 1, 1, 1, H_out, W_out] (zero padding counts as 0): a
         max-pool of the per-pixel channel maxima, exact (max is exact) and 9x less to read
@@ -300,12 +295,12 @@ class AnalogConv2d(nn.Module):
     def unfold(self, x: Tensor) -> Tensor:
         """`F.unfold(x)` [N, C*kh*kw, L] (the same values, as one strided copy: several times
         faster than im2col on the CPU)."""
-        p = self._patches(x)
+        p = self.geometry.patches(x)
         return p.reshape(p.shape[0], -1, p.shape[4] * p.shape[5])
 
     def patch_rows(self, x: Tensor) -> Tensor:
         """The patches as rows [N*L, C*kh*kw] (what the pulsed update stashes), one copy."""
-        p = self._patches(x)
+        p = self.geometry.patches(x)
         return p.permute(0, 4, 5, 1, 2, 3).reshape(-1, p.shape[1] * p.shape[2] * p.shape[3])
 
     def fold(self, cols: Tensor, hw: tuple[int, int] | torch.Size) -> Tensor:

@@ -6,7 +6,12 @@ import numpy as np
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 
-from analogpipe.tiles.pulsekernel import BLOCK, GOLD, LO, M1, M2, MAX_SLOTS, SCALE
+from analogpipe.tiles._splitmix_jit import GOLD
+from analogpipe.tiles._splitmix_jit import mix as _mix
+from analogpipe.tiles.pulsekernel import BLOCK, MAX_SLOTS
+
+LO = np.uint64(0xFFFFFFFF)
+SCALE = 4294967296.0  # 2^32
 
 
 @_intrinsic
@@ -18,11 +23,6 @@ def _popcount32(typingctx, x):
 
     return sig, codegen
 
-@numba.njit(inline="always")
-def _mix(z):
-    z = (z ^ (z >> np.uint64(30))) * M1
-    z = (z ^ (z >> np.uint64(27))) * M2
-    return z ^ (z >> np.uint64(31))
 
 @numba.njit(inline="always")
 def _thresholds(v, f, thr, idx, jg):

@@ -7,9 +7,9 @@ from llvmlite import ir
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 
-GOLD = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+from analogpipe.tiles._splitmix_jit import GOLD
+from analogpipe.tiles._splitmix_jit import mix as _mix
+
 _LOW24 = np.uint64(0xFFFFFF)
 BLOCK = 1024  # pairs per block: a block of 2 BLOCK values holds the cosines, then the sines
 
@@ -34,13 +34,6 @@ def _f32_from_bits(typingctx, x):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
-
-
-@numba.njit(inline="always", error_model="numpy")
-def _mix(z):
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
 
 
 _F = np.float32

@@ -171,44 +171,29 @@ def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(w.expand(x.shape[0], *w.shape), x)
 
 
-def _dac_factor(alpha: Tensor | None, io: IOConfig
-                ) -> tuple[Tensor | float | None, Tensor | None, float]:
-    """(factor, alpha, level) of the DAC: x_int = clip(round(x * factor), +-level) with
-    factor = 1 / (alpha * step) per vector under abs-max noise management (alpha given),
-    else 1 / step (or None: no scaling); level 0 means no clip (abs-max scaled inputs are
-    within [-1, 1] already); round only with a step."""
-    i_step = io.inp_step
-    factor: Tensor | float | None
-    if io.noise_management == "abs_max":
-        assert alpha is not None
-        # a zero vector stays exactly zero (aihwkit: alpha = 0 gives output 0)
-        inv = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).reciprocal_()
-        factor = inv / i_step if i_step > 0 else inv
-    else:
-        alpha = None
-        factor = 1 / i_step if i_step > 0 else None
-    level = 0.0
-    if alpha is None or io.inp_bound < 1:
-        level = io.inp_bound / i_step if i_step > 0 else io.inp_bound
-    return factor, alpha, level
-
-
 def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | None = None,
          out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Input side: (DAC levels x_int = round(x / (alpha * step)), clipped; alpha) with alpha
     the abs-max of every vector along `dim` (or given) under abs-max noise management, else
     None. Written to `out` if given. The steps are folded into per-vector factors so that
     each pass over the inputs is one op; y = (x_int W) * step later."""
-    if io.noise_management == "abs_max" and alpha is None:
-        alpha = inp.abs().amax(dim=dim, keepdim=True)
-    factor, alpha, level = _dac_factor(alpha, io)
-    if factor is None:
-        x = inp.clone() if out is None else out.copy_(inp)
+    i_step = io.inp_step
+    if io.noise_management == "abs_max":
+        if alpha is None:
+            alpha = inp.abs().amax(dim=dim, keepdim=True)
+        # a zero vector stays exactly zero (aihwkit: alpha = 0 gives output 0)
+        inv = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).reciprocal_()
+        x = torch.mul(inp, inv / i_step if i_step > 0 else inv, out=out)
     else:
-        x = torch.mul(inp, factor, out=out)
-    if io.inp_step > 0:
+        alpha = None
+        if i_step > 0:
+            x = torch.mul(inp, 1 / i_step, out=out)
+        else:
+            x = inp.clone() if out is None else out.copy_(inp)
+    if i_step > 0:
         x.round_()
-    if level > 0:
+    if alpha is None or io.inp_bound < 1:  # abs-max scaled inputs are within [-1, 1]
+        level = io.inp_bound / i_step if i_step > 0 else io.inp_bound
         x.clamp_(-level, level)
     return x, alpha
 
@@ -233,4 +218,3 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
     if math.isfinite(io.out_bound):
         y.clamp_(-io.out_bound, io.out_bound)
     return y.mul_(alpha) if alpha is not None else y
-

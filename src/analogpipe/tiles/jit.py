@@ -29,9 +29,7 @@ def load(name: str) -> ModuleType | None:
     """
     module = f"analogpipe.tiles.{name}"
     try:
-        kernels = importlib.import_module(module)
-        kernels.warm_up()
-        return kernels
+        return _compiled(module)
     except ImportError:
         return None
     except Exception as err:  # noqa: BLE001 - any build failure: fall back, say why
@@ -45,14 +43,19 @@ def load(name: str) -> ModuleType | None:
     os.environ["NUMBA_CACHE_DIR"] = folder
     numba.config.reload_config()
     try:
-        kernels = importlib.import_module(module)
-        kernels.warm_up()
+        kernels = _compiled(module)
     except Exception as err:  # noqa: BLE001
         return _give_up(name, err)
     warnings.warn(f"analogpipe: numba cannot cache the CPU kernels in {name} ({first}); "
                   f"they are compiled for this process and cached in {folder} (set "
                   "NUMBA_CACHE_DIR to a writable folder to keep them)", RuntimeWarning,
                   stacklevel=2)
+    return kernels
+
+
+def _compiled(module: str) -> ModuleType:
+    kernels = importlib.import_module(module)
+    kernels.warm_up()
     return kernels
 
 

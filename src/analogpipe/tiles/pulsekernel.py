@@ -30,11 +30,6 @@ from analogpipe.tiles import jit
 
 BLOCK = 32  # slots per mask word
 MAX_SLOTS = 256  # counter layout: up to 128 slot pairs per sample (desired_bl <= 255)
-GOLD = np.uint64(0x9E3779B97F4A7C15)
-M1 = np.uint64(0xBF58476D1CE4E5B9)
-M2 = np.uint64(0x94D049BB133111EB)
-LO = np.uint64(0xFFFFFFFF)
-SCALE = 4294967296.0  # 2^32
 
 
 def _kernels() -> ModuleType:

@@ -31,7 +31,7 @@ from torch import Tensor
 from analogpipe.devices import DeviceConfig, DeviceState, apply_pulse_counts_
 from analogpipe.errors import check
 from analogpipe.tiles import pulsekernel
-from analogpipe.tiles.rng import thread_pool
+from analogpipe.tiles.rng import run_parts
 
 UPDATE_MODES = ("expected", "pulsed")
 GRANULARITIES = ("sample", "microbatch")
@@ -76,9 +76,12 @@ def pulse_probabilities(
     """
     x_abs, d_abs = x.abs(), d.abs()
     a, b, bl = _row_factors(x_abs.amax(dim=1), d_abs.amax(dim=1), lr, dw_min, cfg)
-    p_x = x_abs.mul_(b[:, None]).clamp_max_(1.0)
-    p_d = d_abs.mul_(a[:, None]).clamp_max_(1.0)
-    return p_x, p_d, bl.to(torch.int64)
+    return _fire_probability_(x_abs, b), _fire_probability_(d_abs, a), bl.to(torch.int64)
+
+
+def _fire_probability_(v_abs: Tensor, factor: Tensor) -> Tensor:
+    """min(factor_s |v|, 1), in place on |v| [S, n], with per-row factors [S]."""
+    return v_abs.mul_(factor[:, None]).clamp_max_(1.0)
 
 
 def _row_factors(x_max: Tensor, d_max: Tensor, lr: float, dw_min: float,
@@ -154,7 +157,6 @@ class _Trains:
         # A max|d| > 0
         active = (b * x_max > 0) & (a * d_max > 0)
         self.n_in, self.n_out = x.shape[1], d.shape[1]
-        self.device = x.device
         self.blocks: list[tuple[int, int, int]] = []
         # large draws on the CPU: the bit-mask kernel (`pulsekernel`), in sample order; its
         # int32 counts are exact below 2^31 slots in all
@@ -190,8 +192,7 @@ class _Trains:
         if order is not None:
             x, d, a, b = x[order], d[order], a[order], b[order]
         self.rows = sum((b1 - b0) * t for b0, b1, t in self.blocks)
-        self.p_x = x.abs().mul_(b[:, None]).clamp_max_(1.0)
-        self.p_d = d.abs().mul_(a[:, None]).clamp_max_(1.0)
+        self.p_x, self.p_d = _fire_probability_(x.abs(), b), _fire_probability_(d.abs(), a)
         self.s_x, self.s_d = torch.sign(x), torch.sign(d)
 
     def kernel_counts(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -213,14 +214,9 @@ class _Trains:
                                                             self.bl))
         accs = [np.zeros((2, self.n_out, self.n_in), np.int32) for _ in ends[1:]]
 
-        def run(i: int) -> None:
-            pulsekernel.count_range(x, d, a, b, bl, self.x_signed, key, ends[i], ends[i + 1],
-                                    accs[i])
-
-        if len(accs) == 1:
-            run(0)
-        else:
-            list(thread_pool(len(accs)).map(run, range(len(accs))))
+        run_parts(lambda i: pulsekernel.count_range(x, d, a, b, bl, self.x_signed, key, ends[i],
+                                                    ends[i + 1], accs[i]),
+                  len(accs), len(accs))
         # int32 is exact: every element's count is at most sum_s BL_s < 2^31 (`kernel`)
         acc = torch.from_numpy(accs[0])
         for extra in accs[1:]:

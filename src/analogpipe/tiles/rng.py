@@ -51,6 +51,16 @@ def thread_pool(workers: int) -> ThreadPoolExecutor:
         return _pool[2]
 
 
+def run_parts(fn: Callable[[int], object], parts: int, workers: int) -> None:
+    """fn(0), ..., fn(parts - 1) on `workers` pool threads (in this thread when workers <= 1).
+    The parts must not depend on each other's order."""
+    if workers <= 1:
+        for i in range(parts):
+            fn(i)
+    else:
+        list(thread_pool(workers).map(fn, range(parts)))
+
+
 def _split_fill(t: Tensor, generator: torch.Generator | None,
                 fill: Callable[[Tensor, torch.Generator | None], object], part: int) -> Tensor:
     if t.device.type != "cpu" or t.numel() < 2 * part or not t.is_contiguous():
@@ -60,12 +70,8 @@ def _split_fill(t: Tensor, generator: torch.Generator | None,
     parts = t.view(-1).split(part)
     gens = [torch.Generator().manual_seed((base + _MIX * (i + 1)) % 2**63)
             for i in range(len(parts))]
-    workers = min(torch.get_num_threads(), len(parts))
-    if workers <= 1:
-        for p, g in zip(parts, gens):
-            fill(p, g)
-    else:
-        list(thread_pool(workers).map(fill, parts, gens))
+    run_parts(lambda i: fill(parts[i], gens[i]), len(parts),
+              min(torch.get_num_threads(), len(parts)))
     return t
 
 
@@ -105,22 +111,13 @@ def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None, std: 
     blocks = -(-flat.shape[0] // (2 * kernels.BLOCK))
     workers = max(1, min(torch.get_num_threads(), t.numel() // KERNEL_PART))
     cuts = [blocks * i // workers for i in range(workers + 1)]
-    seed = np.uint64(key)
-
-    scale = np.float32(std)
-
-    def run(i: int) -> None:
-        kernels.normals_range_(flat, seed, cuts[i], cuts[i + 1], scale, add)
-
-    if workers == 1:
-        run(0)
-    else:
-        list(thread_pool(workers).map(run, range(workers)))
+    seed, scale = np.uint64(key), np.float32(std)
+    run_parts(lambda i: kernels.normals_range_(flat, seed, cuts[i], cuts[i + 1], scale, add),
+              workers, workers)
     # written through numpy: tell autograd, as an in-place torch op would (a tensor saved for
     # a backward and then noised makes that backward raise instead of using the new values)
     torch.autograd.graph.increment_version(t)
     return t
 
 
-
-__all__ = ["PART", "add_normal_", "normal_", "thread_pool"]
+__all__ = ["PART", "add_normal_", "normal_", "run_parts", "thread_pool"]
