@@ -98,3 +98,25 @@ def test_a_fill_of_a_tensor_saved_for_backward_is_caught_by_autograd():
     rng.normal_(a, torch.Generator().manual_seed(0))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         z.backward()
+
+
+@pytest.mark.parametrize("n", [1 << 15, 300_001, 3 * (1 << 17) + 11])
+def test_compiled_fills_on_torchs_openmp_team_equal_the_thread_pool_route(n, threads,
+                                                                          monkeypatch):
+    """run_team (the kernel as a parallel region of torch's own OpenMP threads) gives every
+    value the pool route gives, bit for bit, at 1, 2 and 3 threads, for normal_ and
+    add_normal_."""
+    if rng.team() is None:
+        pytest.skip("torch does not run on libgomp here")
+    base = torch.randn(n, generator=torch.Generator().manual_seed(3))
+    for t in (1, 2, 3):
+        torch.set_num_threads(t)
+        got = {}
+        for route in (True, False):
+            monkeypatch.setattr(rng, "TEAM", route)
+            z = rng.normal_(torch.empty(n), torch.Generator().manual_seed(11))
+            y = rng.add_normal_(base.clone(), 0.37, torch.Generator().manual_seed(11))
+            got[route] = (z, y)
+        assert torch.equal(got[True][0], got[False][0])
+        assert torch.equal(got[True][1], got[False][1])
+        assert not torch.equal(got[True][1], base)

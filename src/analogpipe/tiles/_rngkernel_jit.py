@@ -4,6 +4,7 @@ first use through `analogpipe.tiles.jit`; compiled once and cached on disk)."""
 import numba
 import numpy as np
 from llvmlite import ir
+from numba import carray
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 
@@ -136,6 +137,50 @@ def normals_range_(out, seed, b0, b1, scale, add):
         else:
             for i in range(dst.shape[0]):
                 dst[i] = scale * z[i]
+
+
+@_intrinsic
+def _claim(typingctx, counter):
+    """Atomically take the next value of counter[0] (int64 array): fetch-and-add 1."""
+    sig = _types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", arr.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
+
+    return sig, codegen
+
+
+@_intrinsic
+def _f32_at(typingctx, addr):
+    """The float32 pointer at an address (int64)."""
+    sig = _types.CPointer(_types.float32)(_types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
+
+    return sig, codegen
+
+
+@numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,
+             error_model="numpy")
+def normals_team(data):
+    """`normals_range_` as the body of an OpenMP parallel region (`rng.run_team`): every
+    thread of the team takes parts off a shared counter until none is left. data (int64):
+    [address of out (float32), n, seed, scale (float32 bits), add, parts, counter]."""
+    a = carray(data, 7)
+    n = a[1]
+    out = carray(_f32_at(a[0]), (n,))
+    scale = _f32_from_bits(np.int32(a[3]))
+    blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
+    parts = a[5]
+    counter = carray(data, 7)[6:]
+    while True:
+        i = _claim(counter)
+        if i >= parts:
+            break
+        normals_range_(out, np.uint64(a[2]), blocks * i // parts, blocks * (i + 1) // parts,
+                       scale, a[4] != 0)
 
 
 def warm_up() -> None:
