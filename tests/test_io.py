@@ -176,3 +176,88 @@ def test_an_adc_step_needs_a_finite_out_bound():
     with pytest.raises(ConfigError, match="io.out_bound"):
         IOConfig(out_bound=math.inf)
     assert IOConfig(out_res=0, out_bound=math.inf).out_step == 0.0
+
+
+def _both_routes(monkeypatch, fn):
+    """fn() with the compiled output side, then with the torch passes (same noise key)."""
+    from analogpipe.tiles import io as io_mod
+
+    got = [fn()]
+    monkeypatch.setattr(io_mod, "ADC_KERNEL_MIN", 1 << 62)
+    got.append(fn())
+    monkeypatch.undo()
+    return got
+
+
+_ADC_CONFIGS = [IOConfig(), IOConfig(out_noise=0), IOConfig(out_res=0, out_bound=3.0),
+                IOConfig(out_res=0, out_bound=math.inf, out_noise=0.02), IOConfig(inp_res=0),
+                IOConfig.bits(6, 10, out_noise=0.1, out_bound=5),
+                IOConfig(noise_management="none")]
+
+
+def _same(a, b):
+    return torch.equal(a.nan_to_num(1234.5), b.nan_to_num(1234.5)) and \
+        torch.equal(a.isnan(), b.isnan())
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("io", _ADC_CONFIGS, ids=range(len(_ADC_CONFIGS)))
+def test_compiled_output_side_equals_the_torch_passes_bit_for_bit(io, threads, monkeypatch):
+    """The one-pass compiled ADC (`_rngkernel_jit.adc_range_`) gives every value the torch
+    passes give, rows and columns, with and without abs-max scales, NaN and inf included,
+    at 1-3 threads (thread pool or torch's OpenMP team)."""
+    from analogpipe.tiles.io import _adc
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(1)
+        for shape, cols in [((70, 1000), False), ((3, 37, 1100), True), ((5, 144, 64), True)]:
+            y = torch.randn(shape, generator=g) * 30
+            y.view(-1)[::997] = float("nan")
+            y.view(-1)[5::1009] = float("inf")
+            alpha = torch.rand((shape[0], 1, shape[2]) if cols else (shape[0], 1),
+                               generator=g) + 0.1
+            alpha.view(-1)[0] = 0.0
+            for a in (alpha, None):
+                fused, ref = _both_routes(monkeypatch, lambda: _adc(
+                    y.clone(), io, None if a is None else a.clone(),
+                    torch.Generator().manual_seed(3)))
+                assert _same(fused, ref), (shape, a is None)
+    finally:
+        torch.set_num_threads(old)
+
+
+GEOMETRIES = [((3, 3), (1, 1), (1, 1), (1, 1), (32, 32), 16, 16, 8),
+              ((3, 3), (2, 2), (1, 1), (1, 1), (17, 17), 8, 24, 6),
+              ((1, 1), (2, 2), (0, 0), (1, 1), (32, 32), 32, 64, 16),
+              ((3, 3), (1, 1), (2, 2), (2, 2), (20, 20), 6, 12, 5),
+              ((1, 5), (1, 2), (0, 2), (1, 1), (1, 300), 10, 7, 9),
+              ((3, 3), (1, 1), (1, 1), (1, 1), (4, 4), 128, 128, 64)]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=range(len(GEOMETRIES)))
+def test_compiled_conv_backward_equals_adc_then_fold_bit_for_bit(geometry, monkeypatch):
+    """The conv backward's output side and col2im in one compiled pass equal the torch
+    passes then `PatchGeometry.fold` bit for bit (strides, dilation, padding, 1xk kernels),
+    and F.fold of the same patch errors to float32 rounding."""
+    from analogpipe.tiles.io import PatchGeometry, analog_mvm_fold
+
+    k, s, p, dl, hw, c, out, n = geometry
+    geo = PatchGeometry(k, s, p, dl)
+    ho, wo = geo.output_hw(*hw)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(out, c * k[0] * k[1], generator=g) * 0.3
+    d = torch.randn(n, out, ho * wo, generator=g)
+    d[0, 0, 0] = float("nan")
+    d[1] = 0
+    assert n * c * k[0] * k[1] * ho * wo >= 1 << 15  # the compiled route's size
+    for io in [*_ADC_CONFIGS, IOConfig.perfect()]:
+        fused, ref = _both_routes(monkeypatch, lambda: analog_mvm_fold(
+            d, geo, hw, w, io, torch.Generator().manual_seed(5)))
+        assert fused.shape == (n, c, *hw) and _same(fused, ref), io
+        cols = analog_mvm(d, w, io, torch.Generator().manual_seed(5), transposed=True,
+                          columns=True)
+        folded = torch.nn.functional.fold(cols, hw, k, dl, p, s)
+        torch.testing.assert_close(fused.nan_to_num(0), folded.nan_to_num(0), rtol=1e-5,
+                                   atol=1e-5)

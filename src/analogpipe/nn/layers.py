@@ -195,8 +195,8 @@ class _ConvFn(torch.autograd.Function):
         else:
             if need_x:
                 # errors as columns [N, out, L]; W^T d per output pixel, on the current weights
-                z = tile.backward_cols(d.flatten(2))
-                dx = layer.fold(z, x.shape[-2:])
+                # W^T d per output pixel through the periphery, summed onto the input grid
+                dx = tile.backward_patches(d.flatten(2), layer.geometry, x.shape[-2:])
             if need_b:
                 db = d.sum((0, 2, 3))
         if tile.needs_rows:
@@ -304,20 +304,8 @@ class AnalogConv2d(nn.Module):
         return p.permute(0, 4, 5, 1, 2, 3).reshape(-1, p.shape[1] * p.shape[2] * p.shape[3])
 
     def fold(self, cols: Tensor, hw: tuple[int, int] | torch.Size) -> Tensor:
-        """`F.fold(cols, hw)`: sum the patch columns [N, C*kh*kw, L] back onto the input grid
-        [N, C, H, W], one strided add per kernel position (col2im's sum, several times faster
-        on the CPU)."""
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        (ph, pw), (h, w) = self.padding, tuple(hw)
-        n = cols.shape[0]
-        ho, wo = self.output_hw(h, w)
-        out = cols.new_zeros(n, self.in_channels, h + 2 * ph, w + 2 * pw)
-        z = cols.view(n, self.in_channels, kh, kw, ho, wo)
-        for i in range(kh):
-            for j in range(kw):
-                out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
-                    j * dw:j * dw + sw * (wo - 1) + 1:sw] += z[:, :, i, j]
-        return out[:, :, ph:ph + h, pw:pw + w] if ph or pw else out
+        """`F.fold(cols, hw)` [N, C, H, W] (`PatchGeometry.fold`)."""
+        return self.geometry.fold(cols, hw)
 
     def weight_grad(self, x: Tensor, d: Tensor) -> Tensor:
         """sum over images and output pixels of d (x) patch: [out, in*kh*kw]."""

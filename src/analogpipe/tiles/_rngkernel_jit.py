@@ -1,5 +1,6 @@
-"""The numba kernel of `analogpipe.tiles.rng.normal_` for float32 CPU tensors (imported on
-first use through `analogpipe.tiles.jit`; compiled once and cached on disk)."""
+"""The numba kernels of `analogpipe.tiles.rng.normal_` and of the periphery's output side
+(`analogpipe.tiles.io._adc`) for float32 CPU tensors (imported on first use through
+`analogpipe.tiles.jit`; compiled once and cached on disk)."""
 
 import numba
 import numpy as np
@@ -183,6 +184,178 @@ def normals_team(data):
                        scale, a[4] != 0)
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def adc_range_(y, seed, b0, b1, std, i_step, inv_o, level, mult, alpha, seg, per_a):
+    """The periphery's output side (`analogpipe.tiles.io._adc`) in place on blocks b0:b1
+    (of 2 BLOCK values) of the flat float32 MVM result y; see `_adc_span`."""
+    z = np.zeros(2 * BLOCK, np.float32)
+    hi = np.empty(BLOCK, np.int32)
+    lo = np.empty(BLOCK, np.int32)
+    _adc_span(y, 2 * BLOCK * b0, min(2 * BLOCK * b1, y.shape[0]), seed, std, i_step, inv_o,
+              level, mult, alpha, seg, per_a, z, hi, lo)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _adc_span(y, s0, s1, seed, std, i_step, inv_o, level, mult, alpha, seg, per_a, z, hi, lo):
+    """y[s0:s1] through the output side, in place, each element as the torch passes compute
+    it in float32 (no contraction into FMAs):
+        v = v * i_step                       (i_step: the DAC step, or 1)
+        v = v + std * z                      (std > 0: z at v's position of y, as
+                                              `normals_range_` lays the values out)
+        v = rint(v * inv_o)                  (inv_o > 0: the ADC, 1 / out_step; else skipped)
+        v = min(max(v, -level), level)       (the out bound in output units; inf: none)
+        v = v * (a * mult)                   (a: the vector's abs-max, or 1; mult: out_step
+                                              or 1)
+    alpha (float32, flat): per row of `seg` elements (per_a = 0: y as [S, seg] with alpha
+    [S]), per column (per_a > 0: y as [A, per_a, seg] with alpha [A, seg]), or none (empty
+    alpha). z, hi, lo: scratch of 2 BLOCK, BLOCK, BLOCK values."""
+    scaled = alpha.shape[0] > 0
+    b = s0 // (2 * BLOCK)
+    while 2 * BLOCK * b < s1:
+        start = max(s0, 2 * BLOCK * b)
+        end = min(s1, 2 * BLOCK * (b + 1))
+        v = y[start:end]
+        if std > 0:
+            _block(seed, BLOCK * b, z[:BLOCK], z[BLOCK:], BLOCK, hi, lo)
+            _noisy(v, z[start - 2 * BLOCK * b:], i_step, std)
+        elif i_step != 1:
+            for k in range(end - start):
+                v[k] = v[k] * i_step
+        if inv_o > 0:
+            _quantize(v, inv_o, level)
+        else:
+            _clip(v, level)
+        b += 1
+        if not scaled:
+            if mult != 1:
+                for k in range(end - start):
+                    v[k] = v[k] * mult
+            continue
+        p = start
+        while p < end:  # runs of one row (one scale) or of one alpha row (a vector)
+            r = p // seg
+            c0 = p - r * seg
+            run = min(seg - c0, end - p)
+            w = y[p:p + run]
+            if per_a > 0:
+                a = alpha[(r // per_a) * seg + c0:]
+                for k in range(run):
+                    w[k] = w[k] * (a[k] * mult)
+            else:
+                s = alpha[r] * mult
+                for k in range(run):
+                    w[k] = w[k] * s
+            p += run
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def adc_fold_range_(z, out, seed, n0, n1, std, i_step, inv_o, level, mult, alpha, geo):
+    """The conv backward's output side and col2im, for images n0:n1: z (flat float32
+    [N, C kh kw, ho wo], the patch errors, noise laid out over the whole of it) goes
+    through `_adc_span` in place (alpha: [N, ho wo] flat, or empty), then is summed onto
+    the zero-padded grid out [N, C, Hp, Wp] (zeroed here):
+    out[n, c, i dh + h sh, j dw + w sw] += z[n, c, i, j, h, w], the terms of every element
+    added in the order of (i, j), as `PatchGeometry.fold` adds them.
+    geo = (kh, kw, ho, wo, sh, sw, dh, dw)."""
+    kh, kw, ho, wo, sh, sw, dh, dw = geo
+    c_all = out.shape[1]
+    plane = ho * wo
+    per_n = c_all * kh * kw * plane
+    zb = np.zeros(2 * BLOCK, np.float32)
+    hi = np.empty(BLOCK, np.int32)
+    lo = np.empty(BLOCK, np.int32)
+    for n in range(n0, n1):
+        _adc_span(z, n * per_n, (n + 1) * per_n, seed, std, i_step, inv_o, level, mult,
+                  alpha, plane, c_all * kh * kw, zb, hi, lo)
+        grid = out[n]
+        grid[:] = 0
+        src = z[n * per_n:(n + 1) * per_n]
+        for c in range(c_all):
+            for i in range(kh):
+                for j in range(kw):
+                    base = ((c * kh + i) * kw + j) * plane
+                    for h in range(ho):
+                        row = grid[c, i * dh + h * sh]
+                        q = base + h * wo
+                        col = j * dw
+                        for w in range(wo):
+                            row[col + w * sw] += src[q + w]
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _noisy(v, z, i_step, std):
+    for k in range(v.shape[0]):
+        v[k] = v[k] * i_step + std * z[k]
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _quantize(v, inv_o, level):
+    for k in range(v.shape[0]):
+        q = np.rint(v[k] * inv_o)
+        q = -level if q < -level else q  # NaN stays NaN, as in torch.clamp
+        v[k] = level if q > level else q
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _clip(v, level):
+    for k in range(v.shape[0]):
+        q = v[k]
+        q = -level if q < -level else q  # NaN stays NaN, as in torch.clamp
+        v[k] = level if q > level else q
+
+
+@numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,
+             error_model="numpy")
+def adc_team(data):
+    """`adc_range_` as the body of an OpenMP parallel region (`rng.run_team`). data (int64;
+    float32 values as their bits): [address of y, n, seed, std, i_step, inv_o, level, mult,
+    address of alpha, alpha's length, seg, per_a, parts, counter]."""
+    a = carray(data, 14)
+    n = a[1]
+    y = carray(_f32_at(a[0]), (n,))
+    alpha = carray(_f32_at(a[8]), (a[9],))
+    blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
+    parts = a[12]
+    counter = a[13:]
+    f = _f32_from_bits
+    while True:
+        i = _claim(counter)
+        if i >= parts:
+            break
+        adc_range_(y, np.uint64(a[2]), blocks * i // parts, blocks * (i + 1) // parts,
+                   f(np.int32(a[3])), f(np.int32(a[4])), f(np.int32(a[5])), f(np.int32(a[6])),
+                   f(np.int32(a[7])), alpha, a[10], a[11])
+
+
+@numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,
+             error_model="numpy")
+def adc_fold_team(data):
+    """`adc_fold_range_` as the body of an OpenMP parallel region, one image at a time.
+    data (int64; float32 values as their bits): [address of z, z's length, address of out,
+    N, C, Hp, Wp, seed, std, i_step, inv_o, level, mult, address of alpha, alpha's length,
+    kh, kw, ho, wo, sh, sw, dh, dw, counter]."""
+    a = carray(data, 24)
+    z = carray(_f32_at(a[0]), (a[1],))
+    out = carray(_f32_at(a[2]), (a[3], a[4], a[5], a[6]))
+    alpha = carray(_f32_at(a[13]), (a[14],))
+    geo = (a[15], a[16], a[17], a[18], a[19], a[20], a[21], a[22])
+    counter = a[23:]
+    f = _f32_from_bits
+    while True:
+        i = _claim(counter)
+        if i >= a[3]:
+            break
+        adc_fold_range_(z, out, np.uint64(a[7]), i, i + 1, f(np.int32(a[8])),
+                        f(np.int32(a[9])), f(np.int32(a[10])), f(np.int32(a[11])),
+                        f(np.int32(a[12])), alpha, geo)
+
+
 def warm_up() -> None:
-    """Compile (or load) the kernel now, so that a build failure shows at loading."""
+    """Compile (or load) the kernels now, so that a build failure shows at loading."""
     normals_range_(np.zeros(2 * BLOCK, np.float32), np.uint64(1), 0, 1, np.float32(1), True)
+    f = np.float32
+    adc_range_(np.zeros(2 * BLOCK, np.float32), np.uint64(1), 0, 1, f(0.1), f(1), f(1),
+               f(np.inf), f(1), np.ones(2, np.float32), 1024, 0)
+    adc_fold_range_(np.zeros(36, np.float32), np.zeros((1, 1, 4, 4), np.float32),
+                    np.uint64(1), 0, 1, f(0.1), f(1), f(1), f(np.inf), f(1),
+                    np.ones(4, np.float32), (3, 3, 2, 2, 1, 1, 1, 1))

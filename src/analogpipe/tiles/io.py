@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -140,6 +141,26 @@ class PatchGeometry:
         return xp.as_strided((n, c, kh, kw, ho, wo),
                              (s0, s1, dh * s2, dw * s3, sh * s2, sw * s3), xp.storage_offset())
 
+    def fold(self, cols: Tensor, hw: tuple[int, int] | torch.Size) -> Tensor:
+        """`F.fold(cols, hw)`: sum the patch columns [N, C*kh*kw, L] back onto the input grid
+        [N, C, H, W], one strided add per kernel position (col2im's sum, several times faster
+        on the CPU); the terms of an element are added in the order of the kernel positions."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        (ph, pw), (h, w) = self.padding, tuple(hw)
+        n, c = cols.shape[0], cols.shape[1] // (kh * kw)
+        ho, wo = self.output_hw(h, w)
+        out = cols.new_zeros(n, c, h + 2 * ph, w + 2 * pw)
+        z = cols.view(n, c, kh, kw, ho, wo)
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                    j * dw:j * dw + sw * (wo - 1) + 1:sw] += z[:, :, i, j]
+        return self._unpad(out)
+
+    def _unpad(self, grid: Tensor) -> Tensor:
+        (ph, pw) = self.padding
+        return grid[:, :, ph:grid.shape[2] - ph, pw:grid.shape[3] - pw] if ph or pw else grid
+
 
 def analog_mvm_patches(
     x: Tensor, geometry: PatchGeometry, alpha: Tensor | None, weight: Tensor, io: IOConfig,
@@ -164,6 +185,42 @@ def analog_mvm_patches(
     if alpha is not None:
         alpha = alpha.reshape(n, 1, ho * wo)
     return _adc(_columns_mvm(weight, cols), io, alpha, generator)
+
+
+def analog_mvm_fold(
+    d: Tensor, geometry: PatchGeometry, hw: tuple[int, int] | torch.Size, weight: Tensor,
+    io: IOConfig, generator: torch.Generator | None,
+) -> Tensor:
+    """The conv backward: z = W^T d per output pixel through the periphery, summed back onto
+    the input grid, as `geometry.fold(analog_mvm(d, weight, io, generator, transposed=True,
+    columns=True), hw)` computes it (float32 CPU errors: the ADC and the sum in one compiled
+    pass, the same values bit for bit).
+
+    d: [N, out, L] (the output errors as columns); weight: [out, C*kh*kw]; hw: the input's
+    (H, W). Returns [N, C, H, W] (a view into the zero-padded grid when padded)."""
+    w = weight.t()
+    if io.is_perfect:
+        return geometry.fold(_columns_mvm(w, d), hw)
+    x, alpha = _dac(d, io, -2)
+    z = _columns_mvm(w, x)
+    kernels = _adc_kernels(z, alpha)
+    if kernels is None:
+        return geometry.fold(_adc(z, io, alpha, generator), hw)
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
+    (ph, pw), (h, wd) = geometry.padding, tuple(hw)
+    ho, wo = geometry.output_hw(h, wd)
+    n, c = z.shape[0], z.shape[1] // (kh * kw)
+    grid = torch.empty((n, c, h + 2 * ph, wd + 2 * pw), dtype=z.dtype)
+    flat, out = z.view(-1).numpy(), grid.numpy()
+    a = np.empty(0, np.float32) if alpha is None else alpha.view(-1).numpy()
+    seed, *args = _adc_args(io, generator)
+    geo = (kh, kw, ho, wo, sh, sw, dh, dw)
+    if not rng.run_team_images(kernels.adc_fold_team.address, n, flat.shape[0], z.data_ptr(),
+                               flat.shape[0], grid.data_ptr(), *out.shape, seed, *args,
+                               a.ctypes.data, a.shape[0], *geo):
+        rng.run_images(lambda n0, n1: kernels.adc_fold_range_(flat, out, seed, n0, n1, *args,
+                                                              a, geo), n, flat.shape[0])
+    return geometry._unpad(grid)
 
 
 def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
@@ -203,7 +260,13 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
     """Output side, in place on the MVM result y of DAC levels: the input step, output noise,
     ADC quantization and clip, and the abs-max scale back.
 
-    y: [S, out] rows with alpha [S, 1], or [N, out, L] columns with alpha [N, 1, L]."""
+    y: [S, out] rows with alpha [S, 1], or [N, out, L] columns with alpha [N, 1, L].
+    Float32 CPU results of at least `ADC_KERNEL_MIN` values take one compiled pass
+    (`_rngkernel_jit.adc_range_`, where numba runs): the same values as these torch passes,
+    bit for bit, with the output noise `rng.add_normal_` draws."""
+    kernels = _adc_kernels(y, alpha)
+    if kernels is not None:
+        return _adc_compiled(kernels, y, io, alpha, generator)
     i_step, o_step = io.inp_step, io.out_step
     if i_step > 0:
         y.mul_(i_step)
@@ -218,3 +281,53 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
     if math.isfinite(io.out_bound):
         y.clamp_(-io.out_bound, io.out_bound)
     return y.mul_(alpha) if alpha is not None else y
+
+
+ADC_KERNEL_MIN = rng.KERNEL_MIN  # float32 CPU results from this size: one compiled pass
+
+
+def _adc_kernels(y: Tensor, alpha: Tensor | None):
+    if not (y.dtype == torch.float32 and y.device.type == "cpu" and y.is_contiguous()
+            and y.numel() >= max(ADC_KERNEL_MIN, rng.KERNEL_MIN) and not y.requires_grad):
+        return None
+    if alpha is not None and not (alpha.dtype == torch.float32 and alpha.is_contiguous()
+                                  and alpha.numel() * y.shape[-2 if y.dim() == 3 else -1]
+                                  == y.numel()):
+        return None
+    return rng.kernels()
+
+
+def _adc_compiled(kernels, y: Tensor, io: IOConfig, alpha: Tensor | None,
+                  generator: torch.Generator | None) -> Tensor:
+    """`_adc` in one compiled pass (see `_rngkernel_jit.adc_range_`); the noise key is drawn
+    as `rng.add_normal_` draws it, so the values are those of the torch passes."""
+    if alpha is None:
+        a, seg, per_a = np.empty(0, np.float32), y.shape[-1], 0
+    elif y.dim() == 3:  # columns [N, out, L], alpha [N, 1, L]
+        a, seg, per_a = alpha.view(-1).numpy(), y.shape[2], y.shape[1]
+    else:  # rows [S, out], alpha [S, 1]
+        a, seg, per_a = alpha.view(-1).numpy(), y.shape[-1], 0
+    flat = y.view(-1).numpy()
+    seed, *args = _adc_args(io, generator)
+    if not rng.run_team_parts(kernels.adc_team.address, flat.shape[0], 2 * kernels.BLOCK,
+                              y.data_ptr(), flat.shape[0], seed, *args, a.ctypes.data,
+                              a.shape[0], seg, per_a):
+        rng.run_blocks(lambda b0, b1: kernels.adc_range_(flat, seed, b0, b1, *args, a, seg,
+                                                         per_a), flat.shape[0],
+                       2 * kernels.BLOCK)
+    torch.autograd.graph.increment_version(y)
+    return y
+
+
+def _adc_args(io: IOConfig, generator: torch.Generator | None) -> tuple:
+    """(noise key, std, i_step, inv_o, level, mult) for the compiled output side, as float32
+    the torch passes use them (the key drawn only with output noise, as `rng.add_normal_`)."""
+    f32 = np.float32
+    i_step, o_step, std = io.inp_step, io.out_step, io.out_noise
+    seed = np.uint64(rng.draw_key(generator)) if std > 0 else np.uint64(0)
+    if o_step > 0:
+        inv_o, level, mult = 1 / o_step, io.out_bound / o_step, o_step
+    else:
+        inv_o, level, mult = 0.0, io.out_bound, 1.0
+    return (seed, f32(std), f32(i_step) if i_step > 0 else f32(1), f32(inv_o), f32(level),
+            f32(mult))

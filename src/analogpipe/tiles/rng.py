@@ -100,6 +100,55 @@ def team() -> Callable[[int, int, int], None] | None:
     return fn
 
 
+def team_workers(n: int) -> int:
+    """Threads for a compiled pass over n values: up to `torch.get_num_threads()`, at least
+    KERNEL_PART values each."""
+    return max(1, min(torch.get_num_threads(), n // KERNEL_PART))
+
+
+def run_team_parts(body: int, n: int, block: int, *values: object) -> bool:
+    """Run a compiled team body (`_rngkernel_jit.*_team`) over n values in blocks of `block`
+    on torch's OpenMP threads, its args being `values` (ints as they are, np.float32 as their
+    bits, keys >= 2^63 as the int64 of the same bits) then the number of parts and the
+    shared counter. Returns False (nothing run) where the team cannot be used or one thread
+    is enough: the caller runs its pool route."""
+    workers = team_workers(n)
+    if workers <= 1 or not TEAM or team() is None:
+        return False
+    parts = min(-(-n // block), 4 * workers)
+    run_team(body, team_args(*values, parts, 0), workers)
+    return True
+
+
+def run_team_images(body: int, images: int, n: int, *values: object) -> bool:
+    """`run_team_parts` for a body that takes one image at a time off its counter (args:
+    `values`, then the counter): n values in all. False: the caller runs `run_images`."""
+    workers = min(team_workers(n), images)
+    if workers <= 1 or not TEAM or team() is None:
+        return False
+    run_team(body, team_args(*values, 0), workers)
+    return True
+
+
+def run_images(fn: Callable[[int, int], object], images: int, n: int) -> None:
+    """fn(i0, i1) over the images, cut into one range per thread (pool route)."""
+    workers = min(team_workers(n), images)
+    cuts = [images * i // workers for i in range(workers + 1)]
+    run_parts(lambda i: fn(cuts[i], cuts[i + 1]), workers, workers)
+
+
+def team_args(*values: object) -> np.ndarray:
+    """The int64 argument array of a team body (see `run_team_parts`)."""
+    out = []
+    for v in values:
+        if isinstance(v, np.floating):
+            out.append(int(np.float32(v).view(np.int32)))
+        else:
+            v = int(v)  # type: ignore[call-overload]
+            out.append(v - 2**64 if v >= 2**63 else v)
+    return np.array(out, np.int64)
+
+
 def run_team(body: int, args: np.ndarray, threads: int) -> None:
     """Run the compiled C function at address `body` (void body(int64 *args)) as an OpenMP
     parallel region of `threads` threads of torch's team (`team()` must not be None); the
@@ -141,11 +190,31 @@ def add_normal_(t: Tensor, std: float, generator: torch.Generator | None) -> Ten
     return t.add_(normal_(torch.empty_like(t), generator), alpha=std)
 
 
+def kernels():
+    """The compiled kernel module `_rngkernel_jit`, or None where numba cannot run."""
+    return jit.load("_rngkernel_jit")
+
+
 def _kernels_for(t: Tensor):
     if (t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() >= KERNEL_MIN
             and t.is_contiguous() and not t.requires_grad):
-        return jit.load("_rngkernel_jit")
+        return kernels()
     return None
+
+
+def draw_key(generator: torch.Generator | None) -> int:
+    """One 64-bit key for the counter-based kernels, drawn from the caller's generator."""
+    return int(torch.randint(-(2**63), 2**63 - 1, (1,), generator=generator,
+                             dtype=torch.int64)) % 2**64
+
+
+def run_blocks(fn: Callable[[int, int], object], n: int, block: int) -> None:
+    """fn(b0, b1) over the blocks of `block` values covering n values, cut into one range
+    per thread (up to `torch.get_num_threads()`, at least KERNEL_PART values each)."""
+    blocks = -(-n // block)
+    workers = team_workers(n)
+    cuts = [blocks * i // workers for i in range(workers + 1)]
+    run_parts(lambda i: fn(cuts[i], cuts[i + 1]), workers, workers)
 
 
 def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None, std: float,
@@ -154,26 +223,20 @@ def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None, std: 
     one 64-bit draw of the caller's generator; blocks of 2048 values split over the threads
     (a value depends only on the key and its position), on torch's own OpenMP threads where
     it can (`run_team`), else on the pool."""
-    key = int(torch.randint(-(2**63), 2**63 - 1, (1,), generator=generator,
-                            dtype=torch.int64)) % 2**64
+    key = draw_key(generator)
     flat = t.view(-1).numpy()
-    blocks = -(-flat.shape[0] // (2 * kernels.BLOCK))
-    workers = max(1, min(torch.get_num_threads(), t.numel() // KERNEL_PART))
     scale = np.float32(std)
-    if workers > 1 and TEAM and team() is not None:
-        parts = min(blocks, 4 * workers)
-        args = np.array([t.data_ptr(), flat.shape[0], key - 2**64 if key >= 2**63 else key,
-                         int(scale.view(np.int32)), int(add), parts, 0], np.int64)
-        run_team(kernels.normals_team.address, args, workers)
-    else:
-        cuts = [blocks * i // workers for i in range(workers + 1)]
+    if not run_team_parts(kernels.normals_team.address, flat.shape[0],
+                          2 * kernels.BLOCK, t.data_ptr(), flat.shape[0], key, scale,
+                          int(add)):
         seed = np.uint64(key)
-        run_parts(lambda i: kernels.normals_range_(flat, seed, cuts[i], cuts[i + 1], scale,
-                                                   add), workers, workers)
+        run_blocks(lambda b0, b1: kernels.normals_range_(flat, seed, b0, b1, scale, add),
+                   flat.shape[0], 2 * kernels.BLOCK)
     # written through numpy: tell autograd, as an in-place torch op would (a tensor saved for
     # a backward and then noised makes that backward raise instead of using the new values)
     torch.autograd.graph.increment_version(t)
     return t
 
 
-__all__ = ["PART", "add_normal_", "normal_", "run_parts", "run_team", "team", "thread_pool"]
+__all__ = ["PART", "add_normal_", "draw_key", "kernels", "normal_", "run_blocks", "run_parts",
+           "run_team", "run_team_parts", "team", "thread_pool"]

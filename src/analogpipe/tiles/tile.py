@@ -37,7 +37,13 @@ from analogpipe.devices import (
     sample_device_state,
 )
 from analogpipe.errors import ConfigError, check
-from analogpipe.tiles.io import IOConfig, PatchGeometry, analog_mvm, analog_mvm_patches
+from analogpipe.tiles.io import (
+    IOConfig,
+    PatchGeometry,
+    analog_mvm,
+    analog_mvm_fold,
+    analog_mvm_patches,
+)
 from analogpipe.tiles.pulses import UpdateConfig, pulsed_update_
 
 
@@ -323,10 +329,13 @@ class AnalogTile(nn.Module):
         return analog_mvm_patches(x, geometry, alpha, self.weight, self.config.forward,
                                   self.generator(purpose))
 
-    def backward_cols(self, d: Tensor) -> Tensor:
-        """`backward_rows` on vectors laid out as columns: d [N, out, L] -> [N, in, L]."""
-        return analog_mvm(d, self.weight, self.config.backward, self.generator("backward"),
-                          transposed=True, columns=True)
+    def backward_patches(self, d: Tensor, geometry: PatchGeometry,
+                         hw: tuple[int, int] | torch.Size) -> Tensor:
+        """The conv input gradient: `backward_rows` of every output pixel's error, d as
+        columns [N, out, L], summed back onto the input grid of size hw -> [N, C, H, W]; see
+        `analog_mvm_fold`."""
+        return analog_mvm_fold(d, geometry, hw, self.weight, self.config.backward,
+                               self.generator("backward"))
 
     # --- stash and update ---------------------------------------------------------------
     @property
