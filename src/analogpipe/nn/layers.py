@@ -173,9 +173,7 @@ class _ConvFn(torch.autograd.Function):
         ho, wo = layer.output_hw(h, w)
         # every patch through the periphery: the im2col copy and the DAC scaling in one pass,
         # the patch maxima from a max-pool of the channel maxima (9x less to read)
-        absmax = tile.config.forward.noise_management == "abs_max"
-        alpha = layer.patch_absmax(x) if absmax else None
-        y = tile.forward_patches(x, layer.geometry, alpha).view(n, tile.out_size, ho, wo)
+        y = tile.forward_patches(x, layer.geometry, None).view(n, tile.out_size, ho, wo)
         return y if bias is None else y + bias[None, :, None, None]
 
     @staticmethod
@@ -282,15 +280,8 @@ class AnalogConv2d(nn.Module):
         return self.geometry.output_hw(h, w)
 
     def patch_absmax(self, x: Tensor) -> Tensor:
-        """max |x| over every patch [N, 1, 1, 1, H_out, W_out] (zero padding counts as 0): a
-        max-pool of the per-pixel channel maxima, exact (max is exact) and 9x less to read
-        than the patches for a 3x3 kernel."""
-        m = x.abs().amax(dim=1, keepdim=True)
-        ph, pw = self.padding
-        if ph or pw:
-            m = F.pad(m, (pw, pw, ph, ph))  # zeros, as the conv pads
-        a = F.max_pool2d(m, self.kernel_size, self.stride, 0, self.dilation)
-        return a[:, :, None, None]
+        """max |x| over every patch [N, 1, 1, 1, H_out, W_out] (`PatchGeometry.patch_absmax`)."""
+        return self.geometry.patch_absmax(x)
 
     def unfold(self, x: Tensor) -> Tensor:
         """`F.unfold(x)` [N, C*kh*kw, L] (the same values, as one strided copy: several times

@@ -42,6 +42,29 @@ _F = np.float32
 _SQRTH = _F(0.70710678118654752440)
 
 
+@_intrinsic
+def _claim(typingctx, counter):
+    """Atomically take the next value of counter[0] (int64 array): fetch-and-add 1."""
+    sig = _types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", arr.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
+
+    return sig, codegen
+
+
+@_intrinsic
+def _f32_at(typingctx, addr):
+    """The float32 pointer at an address (int64)."""
+    sig = _types.CPointer(_types.float32)(_types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
+
+    return sig, codegen
+
+
 @numba.njit(inline="always", error_model="numpy")
 def _logf(x):
     """ln x for a normal float32 x > 0 (Cephes' logf: x = 2^e m, m in [sqrt(1/2), sqrt(2)),
@@ -111,6 +134,28 @@ def _block(seed, k0, zc, zs, m, hi, lo):
         zs[j] = r * s
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _noisy(v, z, i_step, std):
+    for k in range(v.shape[0]):
+        v[k] = v[k] * i_step + std * z[k]
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _quantize(v, inv_o, level):
+    for k in range(v.shape[0]):
+        q = np.rint(v[k] * inv_o)
+        q = -level if q < -level else q  # NaN stays NaN, as in torch.clamp
+        v[k] = level if q > level else q
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _clip(v, level):
+    for k in range(v.shape[0]):
+        q = v[k]
+        q = -level if q < -level else q  # NaN stays NaN, as in torch.clamp
+        v[k] = level if q > level else q
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def normals_range_(out, seed, b0, b1, scale, add):
     """Normals of standard deviation `scale` (float32) into blocks b0:b1 of out (float32,
@@ -138,50 +183,6 @@ def normals_range_(out, seed, b0, b1, scale, add):
         else:
             for i in range(dst.shape[0]):
                 dst[i] = scale * z[i]
-
-
-@_intrinsic
-def _claim(typingctx, counter):
-    """Atomically take the next value of counter[0] (int64 array): fetch-and-add 1."""
-    sig = _types.int64(counter)
-
-    def codegen(context, builder, signature, args):
-        arr = context.make_array(signature.args[0])(context, builder, args[0])
-        return builder.atomic_rmw("add", arr.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
-
-    return sig, codegen
-
-
-@_intrinsic
-def _f32_at(typingctx, addr):
-    """The float32 pointer at an address (int64)."""
-    sig = _types.CPointer(_types.float32)(_types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
-
-    return sig, codegen
-
-
-@numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,
-             error_model="numpy")
-def normals_team(data):
-    """`normals_range_` as the body of an OpenMP parallel region (`rng.run_team`): every
-    thread of the team takes parts off a shared counter until none is left. data (int64):
-    [address of out (float32), n, seed, scale (float32 bits), add, parts, counter]."""
-    a = carray(data, 7)
-    n = a[1]
-    out = carray(_f32_at(a[0]), (n,))
-    scale = _f32_from_bits(np.int32(a[3]))
-    blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
-    parts = a[5]
-    counter = carray(data, 7)[6:]
-    while True:
-        i = _claim(counter)
-        if i >= parts:
-            break
-        normals_range_(out, np.uint64(a[2]), blocks * i // parts, blocks * (i + 1) // parts,
-                       scale, a[4] != 0)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -282,26 +283,25 @@ def adc_fold_range_(z, out, seed, n0, n1, std, i_step, inv_o, level, mult, alpha
                             row[col + w * sw] += src[q + w]
 
 
-@numba.njit(inline="always", error_model="numpy")
-def _noisy(v, z, i_step, std):
-    for k in range(v.shape[0]):
-        v[k] = v[k] * i_step + std * z[k]
-
-
-@numba.njit(inline="always", error_model="numpy")
-def _quantize(v, inv_o, level):
-    for k in range(v.shape[0]):
-        q = np.rint(v[k] * inv_o)
-        q = -level if q < -level else q  # NaN stays NaN, as in torch.clamp
-        v[k] = level if q > level else q
-
-
-@numba.njit(inline="always", error_model="numpy")
-def _clip(v, level):
-    for k in range(v.shape[0]):
-        q = v[k]
-        q = -level if q < -level else q  # NaN stays NaN, as in torch.clamp
-        v[k] = level if q > level else q
+@numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,
+             error_model="numpy")
+def normals_team(data):
+    """`normals_range_` as the body of an OpenMP parallel region (`rng.run_team`): every
+    thread of the team takes parts off a shared counter until none is left. data (int64):
+    [address of out (float32), n, seed, scale (float32 bits), add, parts, counter]."""
+    a = carray(data, 7)
+    n = a[1]
+    out = carray(_f32_at(a[0]), (n,))
+    scale = _f32_from_bits(np.int32(a[3]))
+    blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
+    parts = a[5]
+    counter = carray(data, 7)[6:]
+    while True:
+        i = _claim(counter)
+        if i >= parts:
+            break
+        normals_range_(out, np.uint64(a[2]), blocks * i // parts, blocks * (i + 1) // parts,
+                       scale, a[4] != 0)
 
 
 @numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,

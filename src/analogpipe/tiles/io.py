@@ -157,6 +157,17 @@ class PatchGeometry:
                     j * dw:j * dw + sw * (wo - 1) + 1:sw] += z[:, :, i, j]
         return self._unpad(out)
 
+    def patch_absmax(self, x: Tensor) -> Tensor:
+        """max |x| over every patch [N, 1, 1, 1, H_out, W_out] (zero padding counts as 0): a
+        max-pool of the per-pixel channel maxima, exact (max is exact) and 9x less to read
+        than the patches for a 3x3 kernel."""
+        m = x.abs().amax(dim=1, keepdim=True)
+        ph, pw = self.padding
+        if ph or pw:
+            m = torch.nn.functional.pad(m, (pw, pw, ph, ph))  # zeros, as the conv pads
+        a = torch.nn.functional.max_pool2d(m, self.kernel_size, self.stride, 0, self.dilation)
+        return a[:, :, None, None]
+
     def _unpad(self, grid: Tensor) -> Tensor:
         (ph, pw) = self.padding
         return grid[:, :, ph:grid.shape[2] - ph, pw:grid.shape[3] - pw] if ph or pw else grid
@@ -181,6 +192,8 @@ def analog_mvm_patches(
     if io.is_perfect:
         cols.view(shape6).copy_(geometry.patches(x))
         return _columns_mvm(weight, cols)
+    if alpha is None and io.noise_management == "abs_max":
+        alpha = geometry.patch_absmax(x)
     _, alpha = _dac(geometry.patches(x), io, (1, 2, 3), alpha=alpha, out=cols.view(shape6))
     if alpha is not None:
         alpha = alpha.reshape(n, 1, ho * wo)
