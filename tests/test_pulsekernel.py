@@ -97,11 +97,19 @@ def test_counts_equal_the_unpacked_trains(signed_x):
     np.testing.assert_array_equal(acc[1], (total - signed) / 2)
 
 
-def test_counts_do_not_depend_on_the_thread_count(kernel_always):
-    """The samples are split over the intra-op threads; the counts are the same with 1, 2 and
-    3 threads, and the same seed gives the same counts."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("team", [True, False], ids=["openmp-team", "thread-pool"])
+def test_counts_do_not_depend_on_the_thread_count(kernel_always, monkeypatch, dtype, team):
+    """The samples are split over the intra-op threads (on torch's OpenMP team or on a pool
+    of our own); the counts are the same with 1, 2 and 3 threads, and the same seed gives
+    the same counts."""
+    from analogpipe.tiles import rng
+
+    monkeypatch.setattr(pulses, "KERNEL_PART_ELEMENTS", 1000)  # split even this small draw
+    monkeypatch.setattr(rng, "TEAM", team)
     g = torch.Generator().manual_seed(4)
-    x, d = torch.randn(300, 50, generator=g), torch.randn(300, 20, generator=g)
+    x = torch.randn(300, 50, generator=g, dtype=dtype)
+    d = torch.randn(300, 20, generator=g, dtype=dtype)
     ucfg = UpdateConfig(mode="pulsed")
     old = torch.get_num_threads()
     try:

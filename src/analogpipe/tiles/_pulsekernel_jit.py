@@ -3,11 +3,13 @@ and the kernels' compilation, cached on disk, cost a second or two once)."""
 
 import numba
 import numpy as np
+from numba import carray
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 
 from analogpipe.tiles._splitmix_jit import GOLD
 from analogpipe.tiles._splitmix_jit import mix as _mix
+from analogpipe.tiles._team_jit import claim, f32_at, f64_at, i32_at, i64_at
 from analogpipe.tiles.pulsekernel import BLOCK, MAX_SLOTS
 
 LO = np.uint64(0xFFFFFFFF)
@@ -130,6 +132,47 @@ def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
                 else:
                     for j in range(n_in):
                         same[j] += np.int32(_popcount32(m & xm[j]))
+
+
+def _count_body(data, x, d, a, b, bl, acc):
+    """The team body of `count_range_`: parts (sample ranges) taken off the counter, part i
+    adding to acc[i]. data (int64): [.., x_signed, seed, address of ends, parts, counter]."""
+    args = carray(data, 15)
+    ends = carray(i64_at(args[11]), (args[12] + 1,))
+    counter = args[13:]
+    while True:
+        i = claim(counter)
+        if i >= args[12]:
+            break
+        count_range_(x, d, a, b, bl, args[9] != 0, np.uint64(args[10]), ends[i], ends[i + 1],
+                     acc[i])
+
+
+_count_body = numba.njit(inline="always")(_count_body)
+_BODY = _types.void(_types.CPointer(_types.int64))
+
+
+@numba.cfunc(_BODY, nogil=True, cache=True)
+def count_team_f32(data):
+    """`count_range_` (float32 samples) as the body of an OpenMP parallel region
+    (`rng.run_team`). data (int64): [S, n_in, n_out, address of x [S, n_in], of d [S, n_out],
+    of a [S], of b [S], of bl [S] (int64), of acc [parts, 2, n_out, n_in] (int32), x_signed,
+    seed, address of ends [parts + 1] (int64), parts, counter, spare]."""
+    g = carray(data, 15)
+    s, n_in, n_out = g[0], g[1], g[2]
+    _count_body(data, carray(f32_at(g[3]), (s, n_in)), carray(f32_at(g[4]), (s, n_out)),
+                carray(f32_at(g[5]), (s,)), carray(f32_at(g[6]), (s,)),
+                carray(i64_at(g[7]), (s,)), carray(i32_at(g[8]), (g[12], 2, n_out, n_in)))
+
+
+@numba.cfunc(_BODY, nogil=True, cache=True)
+def count_team_f64(data):
+    """`count_team_f32` for float64 samples."""
+    g = carray(data, 15)
+    s, n_in, n_out = g[0], g[1], g[2]
+    _count_body(data, carray(f64_at(g[3]), (s, n_in)), carray(f64_at(g[4]), (s, n_out)),
+                carray(f64_at(g[5]), (s,)), carray(f64_at(g[6]), (s,)),
+                carray(i64_at(g[7]), (s,)), carray(i32_at(g[8]), (g[12], 2, n_out, n_in)))
 
 
 def warm_up() -> None:

@@ -11,6 +11,7 @@ from numba.extending import intrinsic as _intrinsic
 
 from analogpipe.tiles._splitmix_jit import GOLD
 from analogpipe.tiles._splitmix_jit import mix as _mix
+from analogpipe.tiles._team_jit import claim, f32_at
 
 _LOW24 = np.uint64(0xFFFFFF)
 BLOCK = 1024  # pairs per block: a block of 2 BLOCK values holds the cosines, then the sines
@@ -40,29 +41,6 @@ def _f32_from_bits(typingctx, x):
 
 _F = np.float32
 _SQRTH = _F(0.70710678118654752440)
-
-
-@_intrinsic
-def _claim(typingctx, counter):
-    """Atomically take the next value of counter[0] (int64 array): fetch-and-add 1."""
-    sig = _types.int64(counter)
-
-    def codegen(context, builder, signature, args):
-        arr = context.make_array(signature.args[0])(context, builder, args[0])
-        return builder.atomic_rmw("add", arr.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
-
-    return sig, codegen
-
-
-@_intrinsic
-def _f32_at(typingctx, addr):
-    """The float32 pointer at an address (int64)."""
-    sig = _types.CPointer(_types.float32)(_types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
-
-    return sig, codegen
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -291,13 +269,13 @@ def normals_team(data):
     [address of out (float32), n, seed, scale (float32 bits), add, parts, counter]."""
     a = carray(data, 7)
     n = a[1]
-    out = carray(_f32_at(a[0]), (n,))
+    out = carray(f32_at(a[0]), (n,))
     scale = _f32_from_bits(np.int32(a[3]))
     blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
     parts = a[5]
     counter = carray(data, 7)[6:]
     while True:
-        i = _claim(counter)
+        i = claim(counter)
         if i >= parts:
             break
         normals_range_(out, np.uint64(a[2]), blocks * i // parts, blocks * (i + 1) // parts,
@@ -312,14 +290,14 @@ def adc_team(data):
     address of alpha, alpha's length, seg, per_a, parts, counter]."""
     a = carray(data, 14)
     n = a[1]
-    y = carray(_f32_at(a[0]), (n,))
-    alpha = carray(_f32_at(a[8]), (a[9],))
+    y = carray(f32_at(a[0]), (n,))
+    alpha = carray(f32_at(a[8]), (a[9],))
     blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
     parts = a[12]
     counter = a[13:]
     f = _f32_from_bits
     while True:
-        i = _claim(counter)
+        i = claim(counter)
         if i >= parts:
             break
         adc_range_(y, np.uint64(a[2]), blocks * i // parts, blocks * (i + 1) // parts,
@@ -335,14 +313,14 @@ def adc_fold_team(data):
     N, C, Hp, Wp, seed, std, i_step, inv_o, level, mult, address of alpha, alpha's length,
     kh, kw, ho, wo, sh, sw, dh, dw, counter]."""
     a = carray(data, 24)
-    z = carray(_f32_at(a[0]), (a[1],))
-    out = carray(_f32_at(a[2]), (a[3], a[4], a[5], a[6]))
-    alpha = carray(_f32_at(a[13]), (a[14],))
+    z = carray(f32_at(a[0]), (a[1],))
+    out = carray(f32_at(a[2]), (a[3], a[4], a[5], a[6]))
+    alpha = carray(f32_at(a[13]), (a[14],))
     geo = (a[15], a[16], a[17], a[18], a[19], a[20], a[21], a[22])
     counter = a[23:]
     f = _f32_from_bits
     while True:
-        i = _claim(counter)
+        i = claim(counter)
         if i >= a[3]:
             break
         adc_fold_range_(z, out, np.uint64(a[7]), i, i + 1, f(np.int32(a[8])),

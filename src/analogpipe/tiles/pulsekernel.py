@@ -57,6 +57,26 @@ def count_range(x: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray, bl: 
     _kernels().count_range_(x, d, a, b, bl, x_signed, np.uint64(seed % 2**64), s0, s1, acc)
 
 
+def count_on_team(x: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray, bl: np.ndarray,
+                  x_signed: bool, seed: int, ends: list[int], accs: np.ndarray) -> bool:
+    """`count_range` of the sample ranges ends[i]:ends[i + 1] into accs[i] ([parts, 2, out,
+    in], int32), run as a parallel region of torch's OpenMP threads (`rng.run_team`); all
+    arrays C-contiguous. Returns False (nothing run) where that cannot run or one part is
+    all: the caller runs the ranges itself."""
+    from analogpipe.tiles import rng
+
+    parts = len(ends) - 1
+    if parts <= 1 or not rng.TEAM or rng.team() is None:
+        return False
+    body = _kernels().count_team_f32 if x.dtype == np.float32 else _kernels().count_team_f64
+    cuts = np.asarray(ends, np.int64)
+    rng.run_team(body.address, rng.team_args(
+        x.shape[0], x.shape[1], d.shape[1], x.ctypes.data, d.ctypes.data, a.ctypes.data,
+        b.ctypes.data, bl.ctypes.data, accs.ctypes.data, int(x_signed), seed % 2**64,
+        cuts.ctypes.data, parts, 0, 0), parts)
+    return True
+
+
 def fire_masks(p: np.ndarray, bl: np.ndarray, seed: int, side: str, n_in: int,
                n_out: int) -> np.ndarray:
     """The trains of one side with the random numbers `count_range` uses, every slot drawn,
@@ -70,4 +90,4 @@ def fire_masks(p: np.ndarray, bl: np.ndarray, seed: int, side: str, n_in: int,
     return out
 
 
-__all__ = ["BLOCK", "MAX_SLOTS", "available", "count_range", "fire_masks"]
+__all__ = ["BLOCK", "MAX_SLOTS", "available", "count_on_team", "count_range", "fire_masks"]

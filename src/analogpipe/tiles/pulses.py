@@ -212,11 +212,12 @@ class _Trains:
             ends = sorted({0, s, *cuts.add_(1).clamp_(max=s).tolist()})
         x, d, a, b, bl = (t.contiguous().numpy() for t in (self.x, self.d, self.a, self.b,
                                                             self.bl))
-        accs = [np.zeros((2, self.n_out, self.n_in), np.int32) for _ in ends[1:]]
-
-        run_parts(lambda i: pulsekernel.count_range(x, d, a, b, bl, self.x_signed, key, ends[i],
-                                                    ends[i + 1], accs[i]),
-                  len(accs), len(accs))
+        parts = len(ends) - 1
+        accs = np.zeros((parts, 2, self.n_out, self.n_in), np.int32)
+        if not pulsekernel.count_on_team(x, d, a, b, bl, self.x_signed, key, ends, accs):
+            run_parts(lambda i: pulsekernel.count_range(x, d, a, b, bl, self.x_signed, key,
+                                                        ends[i], ends[i + 1], accs[i]),
+                      parts, parts)
         # int32 is exact: every element's count is at most sum_s BL_s < 2^31 (`kernel`)
         acc = torch.from_numpy(accs[0])
         for extra in accs[1:]:
