@@ -183,9 +183,12 @@ def _both_routes(monkeypatch, fn):
     from analogpipe.tiles import io as io_mod
 
     got = [fn()]
-    monkeypatch.setattr(io_mod, "ADC_KERNEL_MIN", 1 << 62)
-    got.append(fn())
-    monkeypatch.undo()
+    old = io_mod.ADC_KERNEL_MIN
+    io_mod.ADC_KERNEL_MIN = 1 << 62
+    try:
+        got.append(fn())
+    finally:
+        io_mod.ADC_KERNEL_MIN = old
     return got
 
 
@@ -196,36 +199,84 @@ _ADC_CONFIGS = [IOConfig(), IOConfig(out_noise=0), IOConfig(out_res=0, out_bound
 
 
 def _same(a, b):
-    return torch.equal(a.nan_to_num(1234.5), b.nan_to_num(1234.5)) and \
-        torch.equal(a.isnan(), b.isnan())
+    """Bit for bit (NaN payloads aside): the int32 views agree where not NaN."""
+    return a.shape == b.shape and torch.equal(a.isnan(), b.isnan()) and torch.equal(
+        a.nan_to_num(1234.5).view(torch.int32), b.nan_to_num(1234.5).view(torch.int32))
 
 
+@pytest.mark.parametrize("route", ["openmp-team", "thread-pool"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("io", _ADC_CONFIGS, ids=range(len(_ADC_CONFIGS)))
-def test_compiled_output_side_equals_the_torch_passes_bit_for_bit(io, threads, monkeypatch):
+def test_compiled_output_side_equals_the_torch_passes_bit_for_bit(io, threads, route,
+                                                                  monkeypatch):
     """The one-pass compiled ADC (`_rngkernel_jit.adc_range_`) gives every value the torch
-    passes give, rows and columns, with and without abs-max scales, NaN and inf included,
-    at 1-3 threads (thread pool or torch's OpenMP team)."""
+    passes give, bit for bit: rows (2-d and 3-d, also with as many rows as outputs) and
+    columns, with and without abs-max scales, NaN, inf and -0 included, at 1-3 threads on
+    torch's OpenMP team or on the thread pool (parts of 4096 values, so that every thread
+    gets work)."""
+    from analogpipe.tiles import rng
     from analogpipe.tiles.io import _adc
 
+    monkeypatch.setattr(rng, "KERNEL_PART", 1 << 12)
+    monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(1)
-        for shape, cols in [((70, 1000), False), ((3, 37, 1100), True), ((5, 144, 64), True)]:
+        for shape, cols in [((70, 1000), False), ((64, 32, 32), False), ((3, 37, 1100), True),
+                            ((5, 144, 64), True)]:
             y = torch.randn(shape, generator=g) * 30
             y.view(-1)[::997] = float("nan")
             y.view(-1)[5::1009] = float("inf")
-            alpha = torch.rand((shape[0], 1, shape[2]) if cols else (shape[0], 1),
+            y.view(-1)[7::101] = -0.0
+            alpha = torch.rand((shape[0], 1, shape[2]) if cols else (*shape[:-1], 1),
                                generator=g) + 0.1
             alpha.view(-1)[0] = 0.0
             for a in (alpha, None):
-                fused, ref = _both_routes(monkeypatch, lambda: _adc(
+                fused, ref = _both_routes(monkeypatch, lambda y=y, a=a, cols=cols: _adc(
                     y.clone(), io, None if a is None else a.clone(),
-                    torch.Generator().manual_seed(3)))
+                    torch.Generator().manual_seed(3), cols))
                 assert _same(fused, ref), (shape, a is None)
     finally:
         torch.set_num_threads(old)
+
+
+def test_3d_rows_through_the_compiled_output_side_equal_2d_rows(monkeypatch):
+    """analog_mvm on rows [B, T, in] with T equal to the output count (a layout the
+    columns' scales would also fit) scales per row, as the 2-d rows do."""
+    x = torch.randn(64, 32, 48, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(32, 48, generator=torch.Generator().manual_seed(1))
+    io = IOConfig(out_noise=0)
+    ref = analog_mvm(x.reshape(-1, 48), w, io, None).reshape(64, 32, 32)
+    fused, torch_route = _both_routes(monkeypatch, lambda: analog_mvm(x, w, io, None))
+    assert _same(fused, ref) and _same(torch_route, ref)
+
+
+def test_an_output_noise_below_float32_keeps_the_torch_bits(monkeypatch):
+    """out_noise > 0 that rounds to 0 in float32: the torch passes add 0 * z (so -0 turns
+    +0); the compiled route leaves such settings to them."""
+    from analogpipe.tiles.io import _adc
+
+    y = torch.zeros(300, 400)
+    y[::2] = -0.0
+    io = IOConfig(out_noise=1e-50, out_res=0, out_bound=math.inf, inp_res=0)
+    fused, ref = _both_routes(monkeypatch, lambda: _adc(
+        y.clone(), io, None, torch.Generator().manual_seed(3)))
+    assert _same(fused, ref)
+
+
+@pytest.mark.parametrize("hw", [(12, 12), (64, 64)])
+def test_conv_backward_refuses_errors_of_another_input_size(hw, monkeypatch):
+    """analog_mvm_fold checks that d holds the output pixels of an hw input before any
+    pass (the compiled route would otherwise read past the errors)."""
+    from analogpipe.tiles.io import PatchGeometry, analog_mvm_fold
+
+    geo = PatchGeometry((3, 3), (1, 1), (1, 1), (1, 1))
+    d, w = torch.randn(4, 16, 16 * 16), torch.randn(16, 32 * 9)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="conv backward errors"):
+            analog_mvm_fold(d, geo, hw, w, IOConfig(), torch.Generator().manual_seed(0))
+        monkeypatch.setattr("analogpipe.tiles.io.ADC_KERNEL_MIN", 1 << 62)
 
 
 GEOMETRIES = [((3, 3), (1, 1), (1, 1), (1, 1), (32, 32), 16, 16, 8),
@@ -253,7 +304,7 @@ def test_compiled_conv_backward_equals_adc_then_fold_bit_for_bit(geometry, monke
     d[1] = 0
     assert n * c * k[0] * k[1] * ho * wo >= 1 << 15  # the compiled route's size
     for io in [*_ADC_CONFIGS, IOConfig.perfect()]:
-        fused, ref = _both_routes(monkeypatch, lambda: analog_mvm_fold(
+        fused, ref = _both_routes(monkeypatch, lambda io=io: analog_mvm_fold(
             d, geo, hw, w, io, torch.Generator().manual_seed(5)))
         assert fused.shape == (n, c, *hw) and _same(fused, ref), io
         cols = analog_mvm(d, w, io, torch.Generator().manual_seed(5), transposed=True,

@@ -120,3 +120,17 @@ def test_compiled_fills_on_torchs_openmp_team_equal_the_thread_pool_route(n, thr
         assert torch.equal(got[True][0], got[False][0])
         assert torch.equal(got[True][1], got[False][1])
         assert not torch.equal(got[True][1], base)
+
+
+def test_a_forked_child_does_not_use_the_parents_openmp_team():
+    """libgomp's threads do not survive a fork: in a forked child `team()` is None (the
+    thread pool runs there) while the parent keeps its team."""
+    import os
+
+    parent = rng.team()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        os._exit(0 if rng.team() is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert rng.team() is parent

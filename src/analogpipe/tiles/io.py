@@ -108,7 +108,7 @@ def analog_mvm(
     if io.is_perfect:
         return _columns_mvm(w, inp) if columns else inp @ w
     x, alpha = _dac(inp, io, -2 if columns else -1)
-    return _adc(_columns_mvm(w, x) if columns else x @ w, io, alpha, generator)
+    return _adc(_columns_mvm(w, x) if columns else x @ w, io, alpha, generator, columns)
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def analog_mvm_patches(
     _, alpha = _dac(geometry.patches(x), io, (1, 2, 3), alpha=alpha, out=cols.view(shape6))
     if alpha is not None:
         alpha = alpha.reshape(n, 1, ho * wo)
-    return _adc(_columns_mvm(weight, cols), io, alpha, generator)
+    return _adc(_columns_mvm(weight, cols), io, alpha, generator, True)
 
 
 def analog_mvm_fold(
@@ -210,18 +210,23 @@ def analog_mvm_fold(
     pass, the same values bit for bit).
 
     d: [N, out, L] (the output errors as columns); weight: [out, C*kh*kw]; hw: the input's
-    (H, W). Returns [N, C, H, W] (a view into the zero-padded grid when padded)."""
+    (H, W). Returns [N, C, H, W] (a view into the zero-padded grid when padded). Raises
+    ConfigError when d does not hold the errors of an (H, W) input's output pixels."""
     w = weight.t()
     if io.is_perfect:
         return geometry.fold(_columns_mvm(w, d), hw)
-    x, alpha = _dac(d, io, -2)
-    z = _columns_mvm(w, x)
-    kernels = _adc_kernels(z, alpha)
-    if kernels is None:
-        return geometry.fold(_adc(z, io, alpha, generator), hw)
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     (ph, pw), (h, wd) = geometry.padding, tuple(hw)
     ho, wo = geometry.output_hw(h, wd)
+    check(d.dim() == 3 and d.shape[1] == weight.shape[0] and d.shape[2] == ho * wo
+          and weight.shape[1] % (kh * kw) == 0, "conv backward errors", tuple(d.shape),
+          f"[N, {weight.shape[0]}, {ho * wo}] (the output pixels of a {h}x{wd} input) with "
+          f"weights [out, C*{kh}*{kw}]")
+    x, alpha = _dac(d, io, -2)
+    z = _columns_mvm(w, x)
+    kernels = _adc_kernels(z, alpha, io, True)
+    if kernels is None:
+        return geometry.fold(_adc(z, io, alpha, generator, True), hw)
     n, c = z.shape[0], z.shape[1] // (kh * kw)
     grid = torch.empty((n, c, h + 2 * ph, wd + 2 * pw), dtype=z.dtype)
     flat, out = z.view(-1).numpy(), grid.numpy()
@@ -268,18 +273,19 @@ def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | 
     return x, alpha
 
 
-def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
-         generator: torch.Generator | None) -> Tensor:
+def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None, generator: torch.Generator | None,
+         columns: bool = False) -> Tensor:
     """Output side, in place on the MVM result y of DAC levels: the input step, output noise,
     ADC quantization and clip, and the abs-max scale back.
 
-    y: [S, out] rows with alpha [S, 1], or [N, out, L] columns with alpha [N, 1, L].
-    Float32 CPU results of at least `ADC_KERNEL_MIN` values take one compiled pass
-    (`_rngkernel_jit.adc_range_`, where numba runs): the same values as these torch passes,
-    bit for bit, with the output noise `rng.add_normal_` draws."""
-    kernels = _adc_kernels(y, alpha)
+    y: rows [..., out] with alpha [..., 1], or (columns) [N, out, L] with alpha [N, 1, L].
+    Contiguous float32 CPU results that do not require grad take one compiled pass
+    (`_rngkernel_jit.adc_range_`, where numba runs) from max(ADC_KERNEL_MIN, rng.KERNEL_MIN)
+    values on (the sizes whose noise `rng.add_normal_` draws from the compiled generator):
+    the same values as these torch passes, bit for bit."""
+    kernels = _adc_kernels(y, alpha, io, columns)
     if kernels is not None:
-        return _adc_compiled(kernels, y, io, alpha, generator)
+        return _adc_compiled(kernels, y, io, alpha, generator, columns)
     i_step, o_step = io.inp_step, io.out_step
     if i_step > 0:
         y.mul_(i_step)
@@ -296,29 +302,35 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None,
     return y.mul_(alpha) if alpha is not None else y
 
 
-ADC_KERNEL_MIN = rng.KERNEL_MIN  # float32 CPU results from this size: one compiled pass
+ADC_KERNEL_MIN = rng.KERNEL_MIN  # results from this size (and rng.KERNEL_MIN): compiled pass
 
 
-def _adc_kernels(y: Tensor, alpha: Tensor | None):
+def _adc_kernels(y: Tensor, alpha: Tensor | None, io: IOConfig, columns: bool):
+    """The compiled kernels for `_adc`'s one pass, or None where the torch passes run."""
     if not (y.dtype == torch.float32 and y.device.type == "cpu" and y.is_contiguous()
             and y.numel() >= max(ADC_KERNEL_MIN, rng.KERNEL_MIN) and not y.requires_grad):
         return None
-    if alpha is not None and not (alpha.dtype == torch.float32 and alpha.is_contiguous()
-                                  and alpha.numel() * y.shape[-2 if y.dim() == 3 else -1]
-                                  == y.numel()):
+    if 0 < io.out_noise and np.float32(io.out_noise) == 0:
+        return None  # the torch passes add 0 * z (turning -0 into +0): keep their bits
+    if columns and y.dim() != 3:
         return None
+    if alpha is not None:
+        shape = (y.shape[0], 1, y.shape[2]) if columns else (*y.shape[:-1], 1)
+        if tuple(alpha.shape) != shape or alpha.dtype != torch.float32 or \
+                not alpha.is_contiguous():
+            return None
     return rng.kernels()
 
 
 def _adc_compiled(kernels, y: Tensor, io: IOConfig, alpha: Tensor | None,
-                  generator: torch.Generator | None) -> Tensor:
+                  generator: torch.Generator | None, columns: bool) -> Tensor:
     """`_adc` in one compiled pass (see `_rngkernel_jit.adc_range_`); the noise key is drawn
     as `rng.add_normal_` draws it, so the values are those of the torch passes."""
     if alpha is None:
         a, seg, per_a = np.empty(0, np.float32), y.shape[-1], 0
-    elif y.dim() == 3:  # columns [N, out, L], alpha [N, 1, L]
+    elif columns:  # [N, out, L], alpha [N, 1, L]
         a, seg, per_a = alpha.view(-1).numpy(), y.shape[2], y.shape[1]
-    else:  # rows [S, out], alpha [S, 1]
+    else:  # rows [..., out], alpha [..., 1]
         a, seg, per_a = alpha.view(-1).numpy(), y.shape[-1], 0
     flat = y.view(-1).numpy()
     seed, *args = _adc_args(io, generator)

@@ -5,6 +5,11 @@ numba is imported on the first use of a kernel, not with analogpipe; the kernels
 once and cached on disk by numba (about two seconds the first time). Without numba, or when a
 kernel cannot be built, `load` returns None (with a RuntimeWarning in the second case) and the
 callers run their torch route: same physics, slower.
+
+For developers: numba keys each cached kernel by the file that defines it, so after editing
+only a helper module the kernels use (`_splitmix_jit.py`, `_team_jit.py`), delete the
+`__pycache__/*.nbi` / `*.nbc` files of `analogpipe/tiles` (or the NUMBA_CACHE_DIR folder):
+otherwise the old compiled code keeps running.
 """
 
 from __future__ import annotations

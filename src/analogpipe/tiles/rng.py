@@ -23,7 +23,6 @@ does not matter either.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import threading
 from collections.abc import Callable
@@ -66,10 +65,16 @@ def run_parts(fn: Callable[[int], object], parts: int, workers: int) -> None:
 TEAM = True  # compiled kernels run on torch's OpenMP threads where torch uses libgomp
 
 
-@functools.cache
 def team() -> Callable[[int, int, int], None] | None:
     """libgomp's `GOMP_parallel(fn, data, num_threads, flags)` of the OpenMP runtime torch
-    runs on, or None (torch not on libgomp, or more than one libgomp loaded).
+    runs on, or None: then the callers run their kernels on a thread pool of our own.
+
+    The runtime is the libgomp in torch's own lib folder when that one is loaded, else the
+    only libgomp loaded (a torch built against the system's libgomp; should that not be
+    torch's runtime after all, the kernels still run correctly on its threads). None where
+    no libgomp (or more than one and none of torch's) is loaded, where /proc/self/maps cannot
+    be read, and in a process forked from the one that looked it up (libgomp's threads do
+    not survive a fork: a parallel region there would hang).
 
     Why: after each parallel op torch's OpenMP worker threads spin for a while waiting for
     the next one (libgomp's GOMP_SPINCOUNT). A compiled kernel run on threads of our own
@@ -77,12 +82,32 @@ def team() -> Callable[[int, int, int], None] | None:
     noise kernel took 3.7 ms instead of 2.1 ms for 2M values. Run as a parallel region of
     torch's own team, the spinning threads do the work instead (1.6 ms).
     """
+    if _team_found[0] is None:
+        _team_found[:] = [True, None if _forked[0] else _find_team()]
+    return _team_found[1]
+
+
+_team_found: list = [None, None]  # [looked up, GOMP_parallel or None]
+_forked = [False]  # whether this process is a fork of the one that imported this module
+
+
+def _after_fork_in_child() -> None:
+    _forked[0] = True
+    _team_found[:] = [True, None]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _find_team() -> Callable[[int, int, int], None] | None:
     paths = set()
     try:
         with open("/proc/self/maps") as f:
             for line in f:
-                path = line.rsplit(" ", 1)[-1].strip()
-                if "libgomp" in os.path.basename(path):
+                # address perms offset dev inode path (the path may hold spaces)
+                fields = line.split(maxsplit=5)
+                path = fields[5].strip() if len(fields) == 6 else ""
+                if "libgomp" in os.path.basename(path) and os.path.isfile(path):
                     paths.add(path)
     except OSError:
         return None
