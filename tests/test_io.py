@@ -265,18 +265,24 @@ def test_an_output_noise_below_float32_keeps_the_torch_bits(monkeypatch):
     assert _same(fused, ref)
 
 
-@pytest.mark.parametrize("hw", [(12, 12), (64, 64)])
-def test_conv_backward_refuses_errors_of_another_input_size(hw, monkeypatch):
-    """analog_mvm_fold checks that d holds the output pixels of an hw input before any
-    pass (the compiled route would otherwise read past the errors)."""
+@pytest.mark.parametrize("hw,pad,n_pixels,what", [
+    ((12, 12), 1, 256, "conv backward errors"), ((64, 64), 1, 256, "conv backward errors"),
+    ((1, 1), 0, 1, "conv backward input size")])
+def test_conv_backward_refuses_errors_of_another_input_size(hw, pad, n_pixels, what,
+                                                            monkeypatch):
+    """analog_mvm_fold checks that the kernel fits the hw input and that d holds its output
+    pixels, before any pass and on every route (the compiled route would otherwise read
+    past the errors, or return zeros for an input smaller than the kernel)."""
     from analogpipe.tiles.io import PatchGeometry, analog_mvm_fold
 
-    geo = PatchGeometry((3, 3), (1, 1), (1, 1), (1, 1))
-    d, w = torch.randn(4, 16, 16 * 16), torch.randn(16, 32 * 9)
-    for _ in range(2):
-        with pytest.raises(ConfigError, match="conv backward errors"):
-            analog_mvm_fold(d, geo, hw, w, IOConfig(), torch.Generator().manual_seed(0))
-        monkeypatch.setattr("analogpipe.tiles.io.ADC_KERNEL_MIN", 1 << 62)
+    geo = PatchGeometry((3, 3), (1, 1), (pad, pad), (1, 1))
+    d, w = torch.randn(50, 16, n_pixels), torch.randn(16, 8 * 9)
+    for io in (IOConfig(), IOConfig.perfect()):
+        for _ in range(2):
+            with pytest.raises(ConfigError, match=what):
+                analog_mvm_fold(d, geo, hw, w, io, torch.Generator().manual_seed(0))
+            monkeypatch.setattr("analogpipe.tiles.io.ADC_KERNEL_MIN", 1 << 62)
+        monkeypatch.undo()
 
 
 GEOMETRIES = [((3, 3), (1, 1), (1, 1), (1, 1), (32, 32), 16, 16, 8),

@@ -211,17 +211,20 @@ def analog_mvm_fold(
 
     d: [N, out, L] (the output errors as columns); weight: [out, C*kh*kw]; hw: the input's
     (H, W). Returns [N, C, H, W] (a view into the zero-padded grid when padded). Raises
-    ConfigError when d does not hold the errors of an (H, W) input's output pixels."""
-    w = weight.t()
-    if io.is_perfect:
-        return geometry.fold(_columns_mvm(w, d), hw)
+    ConfigError (on every route) when the kernel does not fit an (H, W) input or d does not
+    hold the errors of its output pixels."""
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     (ph, pw), (h, wd) = geometry.padding, tuple(hw)
     ho, wo = geometry.output_hw(h, wd)
+    check(ho >= 1 and wo >= 1, "conv backward input size", (h, wd),
+          "a size the padded, dilated kernel fits in (at least one output pixel)")
     check(d.dim() == 3 and d.shape[1] == weight.shape[0] and d.shape[2] == ho * wo
           and weight.shape[1] % (kh * kw) == 0, "conv backward errors", tuple(d.shape),
           f"[N, {weight.shape[0]}, {ho * wo}] (the output pixels of a {h}x{wd} input) with "
           f"weights [out, C*{kh}*{kw}]")
+    w = weight.t()
+    if io.is_perfect:
+        return geometry.fold(_columns_mvm(w, d), hw)
     x, alpha = _dac(d, io, -2)
     z = _columns_mvm(w, x)
     kernels = _adc_kernels(z, alpha, io, True)
@@ -281,8 +284,10 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None, generator: torch.Generat
     y: rows [..., out] with alpha [..., 1], or (columns) [N, out, L] with alpha [N, 1, L].
     Contiguous float32 CPU results that do not require grad take one compiled pass
     (`_rngkernel_jit.adc_range_`, where numba runs) from max(ADC_KERNEL_MIN, rng.KERNEL_MIN)
-    values on (the sizes whose noise `rng.add_normal_` draws from the compiled generator):
-    the same values as these torch passes, bit for bit."""
+    values on (the sizes whose noise `rng.add_normal_` draws from the compiled generator),
+    with the other conditions of `_adc_kernels` (a contiguous float32 alpha of the layout's
+    shape; an out_noise that is not 0 in float32 unless it is 0): the same values as these
+    torch passes, bit for bit."""
     kernels = _adc_kernels(y, alpha, io, columns)
     if kernels is not None:
         return _adc_compiled(kernels, y, io, alpha, generator, columns)
@@ -310,8 +315,8 @@ def _adc_kernels(y: Tensor, alpha: Tensor | None, io: IOConfig, columns: bool):
     if not (y.dtype == torch.float32 and y.device.type == "cpu" and y.is_contiguous()
             and y.numel() >= max(ADC_KERNEL_MIN, rng.KERNEL_MIN) and not y.requires_grad):
         return None
-    if 0 < io.out_noise and np.float32(io.out_noise) == 0:
-        return None  # the torch passes add 0 * z (turning -0 into +0): keep their bits
+    if 0 < io.out_noise <= 2.0**-150:  # 0 in float32: the torch passes add 0 * z (turning
+        return None  # -0 into +0); keep their bits
     if columns and y.dim() != 3:
         return None
     if alpha is not None:

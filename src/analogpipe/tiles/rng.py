@@ -73,8 +73,10 @@ def team() -> Callable[[int, int, int], None] | None:
     only libgomp loaded (a torch built against the system's libgomp; should that not be
     torch's runtime after all, the kernels still run correctly on its threads). None where
     no libgomp (or more than one and none of torch's) is loaded, where /proc/self/maps cannot
-    be read, and in a process forked from the one that looked it up (libgomp's threads do
-    not survive a fork: a parallel region there would hang).
+    be read, and in any process forked after this module was imported (libgomp's threads do
+    not survive a fork: a parallel region there would hang). A process forked before this
+    module is imported, from a parent that ran torch on several threads, is not recognised;
+    torch's own parallel ops hang there too (start such workers with "spawn").
 
     Why: after each parallel op torch's OpenMP worker threads spin for a while waiting for
     the next one (libgomp's GOMP_SPINCOUNT). A compiled kernel run on threads of our own
