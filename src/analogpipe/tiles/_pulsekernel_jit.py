@@ -9,7 +9,7 @@ from numba.extending import intrinsic as _intrinsic
 
 from analogpipe.tiles._splitmix_jit import GOLD
 from analogpipe.tiles._splitmix_jit import mix as _mix
-from analogpipe.tiles._team_jit import claim, f32_at, f64_at, i32_at, i64_at
+from analogpipe.tiles._team_jit import BODY, claim, f32_at, f64_at, i32_at, i64_at
 from analogpipe.tiles.pulsekernel import BLOCK, MAX_SLOTS
 
 LO = np.uint64(0xFFFFFFFF)
@@ -74,24 +74,24 @@ def _fire(thr, idx, jg, nnz, need, t0, nslots, seed, base, pair_stride, packed, 
         out[idx[q]] = packed[q]
 
 
+@numba.njit(inline="always")
+def _side_scratch(n):
+    """One side's scratch: thresholds, indices and counters of the elements that can fire
+    (`_thresholds`), then the fire masks and the packed masks (`_fire`)."""
+    return (np.empty(n, np.uint64), np.empty(n, np.int64), np.empty(n, np.uint64),
+            np.empty(n, np.uint32), np.empty(n, np.uint32))
+
+
 @numba.njit(nogil=True, cache=True)
 def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
     """Add the coincidences of samples s0:s1 to acc [2, out, in] (int32): acc[0] the down
     pulses (d_i x_j > 0), acc[1] the up pulses. p_x = min(b_s |x|, 1), p_d = min(a_s |d|, 1);
     x_signed: False when no x is negative."""
     n_in, n_out = x.shape[1], d.shape[1]
-    thx = np.empty(n_in, np.uint64)
-    ix = np.empty(n_in, np.int64)
-    gx = np.empty(n_in, np.uint64)
-    gd = np.empty(n_out, np.uint64)
-    thd = np.empty(n_out, np.uint64)
-    jd = np.empty(n_out, np.int64)
-    xm = np.empty(n_in, np.uint32)
-    xpk = np.empty(n_in, np.uint32)
+    thx, ix, gx, xm, xpk = _side_scratch(n_in)
+    thd, jd, gd, dm, dpk = _side_scratch(n_out)
     xpos = np.empty(n_in, np.uint32)
     xneg = np.empty(n_in, np.uint32)
-    dm = np.empty(n_out, np.uint32)
-    dpk = np.empty(n_out, np.uint32)
     pair_stride = np.uint64(n_in + n_out)
     sample_stride = np.uint64(MAX_SLOTS // 2) * pair_stride
     full = np.uint32(0xFFFFFFFF)
@@ -134,10 +134,11 @@ def count_range_(x, d, a, b, bl, x_signed, seed, s0, s1, acc):
                         same[j] += np.int32(_popcount32(m & xm[j]))
 
 
+@numba.njit(inline="always")
 def _count_body(data, x, d, a, b, bl, acc):
     """The team body of `count_range_`: parts (sample ranges) taken off the counter, part i
     adding to acc[i]. data (int64): [.., x_signed, seed, address of ends, parts, counter]."""
-    args = carray(data, 15)
+    args = carray(data, 14)
     ends = carray(i64_at(args[11]), (args[12] + 1,))
     counter = args[13:]
     while True:
@@ -148,27 +149,23 @@ def _count_body(data, x, d, a, b, bl, acc):
                      acc[i])
 
 
-_count_body = numba.njit(inline="always")(_count_body)
-_BODY = _types.void(_types.CPointer(_types.int64))
-
-
-@numba.cfunc(_BODY, nogil=True, cache=True)
+@numba.cfunc(BODY, nogil=True, cache=True)
 def count_team_f32(data):
     """`count_range_` (float32 samples) as the body of an OpenMP parallel region
     (`rng.run_team`). data (int64): [S, n_in, n_out, address of x [S, n_in], of d [S, n_out],
     of a [S], of b [S], of bl [S] (int64), of acc [parts, 2, n_out, n_in] (int32), x_signed,
-    seed, address of ends [parts + 1] (int64), parts, counter, spare]."""
-    g = carray(data, 15)
+    seed, address of ends [parts + 1] (int64), parts, counter]."""
+    g = carray(data, 14)
     s, n_in, n_out = g[0], g[1], g[2]
     _count_body(data, carray(f32_at(g[3]), (s, n_in)), carray(f32_at(g[4]), (s, n_out)),
                 carray(f32_at(g[5]), (s,)), carray(f32_at(g[6]), (s,)),
                 carray(i64_at(g[7]), (s,)), carray(i32_at(g[8]), (g[12], 2, n_out, n_in)))
 
 
-@numba.cfunc(_BODY, nogil=True, cache=True)
+@numba.cfunc(BODY, nogil=True, cache=True)
 def count_team_f64(data):
     """`count_team_f32` for float64 samples."""
-    g = carray(data, 15)
+    g = carray(data, 14)
     s, n_in, n_out = g[0], g[1], g[2]
     _count_body(data, carray(f64_at(g[3]), (s, n_in)), carray(f64_at(g[4]), (s, n_out)),
                 carray(f64_at(g[5]), (s,)), carray(f64_at(g[6]), (s,)),

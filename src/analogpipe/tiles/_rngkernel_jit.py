@@ -11,7 +11,7 @@ from numba.extending import intrinsic as _intrinsic
 
 from analogpipe.tiles._splitmix_jit import GOLD
 from analogpipe.tiles._splitmix_jit import mix as _mix
-from analogpipe.tiles._team_jit import claim, f32_at
+from analogpipe.tiles._team_jit import BODY, claim, f32_at
 
 _LOW24 = np.uint64(0xFFFFFF)
 BLOCK = 1024  # pairs per block: a block of 2 BLOCK values holds the cosines, then the sines
@@ -261,8 +261,7 @@ def adc_fold_range_(z, out, seed, n0, n1, std, i_step, inv_o, level, mult, alpha
                             row[col + w * sw] += src[q + w]
 
 
-@numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,
-             error_model="numpy")
+@numba.cfunc(BODY, nogil=True, cache=True, error_model="numpy")
 def normals_team(data):
     """`normals_range_` as the body of an OpenMP parallel region (`rng.run_team`): every
     thread of the team takes parts off a shared counter until none is left. data (int64):
@@ -273,7 +272,7 @@ def normals_team(data):
     scale = _f32_from_bits(np.int32(a[3]))
     blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
     parts = a[5]
-    counter = carray(data, 7)[6:]
+    counter = a[6:]
     while True:
         i = claim(counter)
         if i >= parts:
@@ -282,8 +281,7 @@ def normals_team(data):
                        scale, a[4] != 0)
 
 
-@numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,
-             error_model="numpy")
+@numba.cfunc(BODY, nogil=True, cache=True, error_model="numpy")
 def adc_team(data):
     """`adc_range_` as the body of an OpenMP parallel region (`rng.run_team`). data (int64;
     float32 values as their bits): [address of y, n, seed, std, i_step, inv_o, level, mult,
@@ -305,8 +303,7 @@ def adc_team(data):
                    f(np.int32(a[7])), alpha, a[10], a[11])
 
 
-@numba.cfunc(_types.void(_types.CPointer(_types.int64)), nogil=True, cache=True,
-             error_model="numpy")
+@numba.cfunc(BODY, nogil=True, cache=True, error_model="numpy")
 def adc_fold_team(data):
     """`adc_fold_range_` as the body of an OpenMP parallel region, one image at a time.
     data (int64; float32 values as their bits): [address of z, z's length, address of out,

@@ -6,6 +6,8 @@ from llvmlite import ir
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 
+BODY = _types.void(_types.CPointer(_types.int64))  # void body(int64 *args)
+
 
 @_intrinsic
 def claim(typingctx, counter):

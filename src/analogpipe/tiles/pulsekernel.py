@@ -66,15 +66,12 @@ def count_on_team(x: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray, bl
     from analogpipe.tiles import rng
 
     parts = len(ends) - 1
-    if parts <= 1 or not rng.TEAM or rng.team() is None:
-        return False
     body = _kernels().count_team_f32 if x.dtype == np.float32 else _kernels().count_team_f64
     cuts = np.asarray(ends, np.int64)
-    rng.run_team(body.address, rng.team_args(
+    return rng.run_team(body.address, rng.team_args(
         x.shape[0], x.shape[1], d.shape[1], x.ctypes.data, d.ctypes.data, a.ctypes.data,
         b.ctypes.data, bl.ctypes.data, accs.ctypes.data, int(x_signed), seed % 2**64,
-        cuts.ctypes.data, parts, 0, 0), parts)
-    return True
+        cuts.ctypes.data, parts, 0), parts)
 
 
 def fire_masks(p: np.ndarray, bl: np.ndarray, seed: int, side: str, n_in: int,

@@ -84,21 +84,19 @@ def team() -> Callable[[int, int, int], None] | None:
     noise kernel took 3.7 ms instead of 2.1 ms for 2M values. Run as a parallel region of
     torch's own team, the spinning threads do the work instead (1.6 ms).
     """
-    if _team_found[0] is None:
-        _team_found[:] = [True, None if _forked[0] else _find_team()]
-    return _team_found[1]
+    if not _team_found:
+        _team_found.append(_find_team())
+    return _team_found[0]
 
 
-_team_found: list = [None, None]  # [looked up, GOMP_parallel or None]
-_forked = [False]  # whether this process is a fork of the one that imported this module
+_team_found: list = []  # [GOMP_parallel or None] once looked up
 
 
-def _after_fork_in_child() -> None:
-    _forked[0] = True
-    _team_found[:] = [True, None]
+def _no_team_after_fork() -> None:
+    _team_found[:] = [None]  # a forked child never uses the parent's team
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=_no_team_after_fork)
 
 
 def _find_team() -> Callable[[int, int, int], None] | None:
@@ -135,32 +133,33 @@ def team_workers(n: int) -> int:
 
 def run_team_parts(body: int, n: int, block: int, *values: object) -> bool:
     """Run a compiled team body (`_rngkernel_jit.*_team`) over n values in blocks of `block`
-    on torch's OpenMP threads, its args being `values` (ints as they are, np.float32 as their
-    bits, keys >= 2^63 as the int64 of the same bits) then the number of parts and the
-    shared counter. Returns False (nothing run) where the team cannot be used or one thread
-    is enough: the caller runs its pool route."""
+    on torch's OpenMP threads, its args being `values` then the number of parts and the
+    shared counter (see `team_args`). False (nothing run): the caller runs `run_blocks`."""
     workers = team_workers(n)
-    if workers <= 1 or not TEAM or team() is None:
-        return False
     parts = min(-(-n // block), 4 * workers)
-    run_team(body, team_args(*values, parts, 0), workers)
-    return True
+    return run_team(body, team_args(*values, parts, 0), workers)
 
 
 def run_team_images(body: int, images: int, n: int, *values: object) -> bool:
     """`run_team_parts` for a body that takes one image at a time off its counter (args:
     `values`, then the counter): n values in all. False: the caller runs `run_images`."""
-    workers = min(team_workers(n), images)
-    if workers <= 1 or not TEAM or team() is None:
-        return False
-    run_team(body, team_args(*values, 0), workers)
-    return True
+    return run_team(body, team_args(*values, 0), min(team_workers(n), images))
+
+
+def run_blocks(fn: Callable[[int, int], object], n: int, block: int) -> None:
+    """fn(b0, b1) over the blocks of `block` values covering n values, cut into one range
+    per thread (pool route; `team_workers` threads)."""
+    _run_ranges(fn, -(-n // block), team_workers(n))
 
 
 def run_images(fn: Callable[[int, int], object], images: int, n: int) -> None:
     """fn(i0, i1) over the images, cut into one range per thread (pool route)."""
-    workers = min(team_workers(n), images)
-    cuts = [images * i // workers for i in range(workers + 1)]
+    _run_ranges(fn, images, min(team_workers(n), images))
+
+
+def _run_ranges(fn: Callable[[int, int], object], count: int, workers: int) -> None:
+    workers = max(1, workers)
+    cuts = [count * i // workers for i in range(workers + 1)]
     run_parts(lambda i: fn(cuts[i], cuts[i + 1]), workers, workers)
 
 
@@ -176,13 +175,16 @@ def team_args(*values: object) -> np.ndarray:
     return np.array(out, np.int64)
 
 
-def run_team(body: int, args: np.ndarray, threads: int) -> None:
+def run_team(body: int, args: np.ndarray, threads: int) -> bool:
     """Run the compiled C function at address `body` (void body(int64 *args)) as an OpenMP
-    parallel region of `threads` threads of torch's team (`team()` must not be None); the
-    GIL is released meanwhile. The body shares out its own work (a counter in args)."""
-    fn = team()
-    assert fn is not None
+    parallel region of `threads` threads of torch's team, the GIL released meanwhile; the
+    body shares out its own work (a counter in args). Returns False, running nothing, where
+    one thread is enough, TEAM is off or `team()` is None: the caller runs its pool route."""
+    fn = team() if threads > 1 and TEAM else None
+    if fn is None:
+        return False
     fn(body, args.ctypes.data, threads, 0)
+    return True
 
 
 def _split_fill(t: Tensor, generator: torch.Generator | None,
@@ -233,15 +235,6 @@ def draw_key(generator: torch.Generator | None) -> int:
     """One 64-bit key for the counter-based kernels, drawn from the caller's generator."""
     return int(torch.randint(-(2**63), 2**63 - 1, (1,), generator=generator,
                              dtype=torch.int64)) % 2**64
-
-
-def run_blocks(fn: Callable[[int, int], object], n: int, block: int) -> None:
-    """fn(b0, b1) over the blocks of `block` values covering n values, cut into one range
-    per thread (up to `torch.get_num_threads()`, at least KERNEL_PART values each)."""
-    blocks = -(-n // block)
-    workers = team_workers(n)
-    cuts = [blocks * i // workers for i in range(workers + 1)]
-    run_parts(lambda i: fn(cuts[i], cuts[i + 1]), workers, workers)
 
 
 def _kernel_normal_(kernels, t: Tensor, generator: torch.Generator | None, std: float,
