@@ -34,6 +34,7 @@ from analogpipe.devices import (
     DeviceState,
     clip_to_bounds,
     expected_update_,
+    is_symmetric_soft_bounds,
     sample_device_state,
 )
 from analogpipe.errors import ConfigError, check
@@ -45,6 +46,7 @@ from analogpipe.tiles.io import (
     analog_mvm_patches,
 )
 from analogpipe.tiles.pulses import UpdateConfig, pulsed_update_
+from analogpipe.tiles.updatekernel import softbounds_outer_update_, softbounds_update_
 
 
 class NonFiniteUpdateError(FloatingPointError):
@@ -191,7 +193,7 @@ class AnalogTile(nn.Module):
         # pulse trains), so that schedules which reorder forwards and backwards of different
         # micro-batches (GPipe vs no pipeline) still draw the same numbers for each of them
         self._generators: dict[str, torch.Generator] = {}
-        self._stash: deque[tuple[Tensor, Tensor | None]] = deque()
+        self._stash: deque[tuple[Tensor | _RankOne, Tensor | None]] = deque()
         self._groups: deque[int] = deque()  # entries per closed micro-batch, oldest first
         self._open = 0  # entries stashed since the last end_microbatch()
         self.layer_name: str | None = None  # set by convert_to_analog / AnalogSGD (messages)
@@ -399,18 +401,23 @@ class AnalogTile(nn.Module):
                                         "the pulsed update")
             entry: tuple[Tensor, Tensor | None] = (x, d)
         else:
-            grad = d.t().mm(x)
+            xa, da = x.abs(), d.abs()
             # |grad| <= S max|x| max|d|: when that bound is finite (NaN and inf propagate
             # into it) the product is finite, without a pass over the [out, in] product
-            bound = float(x.abs().amax()) * float(d.abs().amax()) * x.shape[0] if x.numel() \
+            bound = float(xa.amax()) * float(da.amax()) * x.shape[0] if x.numel() \
                 and d.numel() else 0.0
-            if not bound < torch.finfo(grad.dtype).max and not bool(torch.isfinite(grad).all()):
+            if x.shape[0] == 1 and bound < torch.finfo(x.dtype).max:
+                # one sample: keep its rows; the update forms d x^T (or never writes it)
+                self._stash.append((_RankOne(d.clone(), x.clone()), None))
+                self._open += 1
+                return
+            grad = d.t().mm(x)
+            if not bound < torch.finfo(grad.dtype).max and not _all_finite(grad):
                 which = "x (layer input)" if not bool(torch.isfinite(x).all()) else \
                     "d (gradient at the layer output)"
                 self._refuse_non_finite(f"the update product d x^T (from non-finite {which})")
             # one row: sum_s |d_s| |x_s|^T is |d x^T| itself (the update takes |grad|)
-            abs_product = d.abs().t().mm(x.abs()) if self.needs_abs_product and \
-                x.shape[0] > 1 else None
+            abs_product = da.t().mm(xa) if self.needs_abs_product and x.shape[0] > 1 else None
             entry = (grad, abs_product)
         self._stash.append(entry)
         self._open += 1
@@ -428,7 +435,7 @@ class AnalogTile(nn.Module):
             grad = grad * comp[:, None]
             if abs_product is not None:
                 abs_product = abs_product * comp[:, None]
-        if not bool(torch.isfinite(grad).all()):
+        if not _all_finite(grad):
             self._refuse_non_finite("the update product sum d x^T (from a non-finite layer "
                                     "input x or error d)")
         self._stash.append((grad, abs_product))
@@ -483,19 +490,44 @@ class AnalogTile(nn.Module):
             pulsed_update_(self.weight, x, d, lr, self.device_state, cfg.device, cfg.update,
                            gen)
             return
+        state = self.device_state
+        soft = is_symmetric_soft_bounds(state, cfg.device)
+        if n == 1 and isinstance(entries[0][0], _RankOne) and soft and \
+                softbounds_outer_update_(self.weight, entries[0][0].d, entries[0][0].x, lr,
+                                         state.b_max, state.b_min):
+            return
+        entries = [(e[0].product() if isinstance(e[0], _RankOne) else e[0], e[1])
+                   for e in entries]
         grad = _grouped_sum([e[0] for e in entries], sizes)
         if cfg.device.name == "ideal":
             self.weight.add_(grad, alpha=-lr)  # bit for bit torch.optim.SGD
             return
-        prod = None
-        if self.needs_abs_product:  # entries of one row stash None: their product is |grad|
+        prod = None  # None: |dW| = lr |grad|
+        if self.needs_abs_product and (n > 1 or entries[0][1] is not None):
+            # entries of one row stash None: their product is |grad|
             prod = _grouped_sum([e[0].abs() if e[1] is None else e[1] for e in entries], sizes)
-        expected_update_(self.weight, grad, prod, lr, self.device_state, cfg.device)
+        if soft and prod is None and softbounds_update_(self.weight, grad, lr, state.b_max,
+                                                        state.b_min):
+            return
+        expected_update_(self.weight, grad, prod, lr, state, cfg.device)
 
     def extra_repr(self) -> str:
         c = self.config
         return (f"{self.out_size}x{self.in_size}, device={c.device.name}, "
                 f"update={c.update.mode}/{c.update.granularity}")
+
+
+@dataclass(frozen=True)
+class _RankOne:
+    """One sample's stashed rows for an expected update: d [1, out] (compensated), x [1, in];
+    their product d^T x is the sample's gradient [out, in]."""
+
+    d: Tensor
+    x: Tensor
+
+    def product(self) -> Tensor:
+        """d^T x [out, in], as the stash of several rows forms it."""
+        return self.d.t().mm(self.x)
 
 
 def _all_finite(t: Tensor) -> bool:

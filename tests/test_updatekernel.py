@@ -1,0 +1,149 @@
+"""The compiled expected update of symmetric soft bounds (`analogpipe.tiles.updatekernel`)
+against torch's passes (`analogpipe.devices.expected_update_`), and the one-sample stash of
+expected updates (`AnalogTile.stash_rows` with one row) against the stash of its product."""
+
+import pytest
+import torch
+
+from analogpipe.devices import DeviceConfig, expected_update_, sample_device_state
+from analogpipe.tiles import jit, rng, updatekernel
+from analogpipe.tiles.pulses import UpdateConfig
+from analogpipe.tiles.tile import AnalogTile, NonFiniteUpdateError, TileConfig
+
+pytestmark = pytest.mark.skipif(jit.load("_updatekernel_jit") is None,
+                                reason="numba kernels unavailable")
+
+def _device() -> DeviceConfig:
+    return DeviceConfig(name="softbounds", dw_min=0.001, w_max=0.8, w_min=-0.8)
+
+
+def _ulps(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The largest distance of a and b in float32 units in the last place (NaN equal NaN)."""
+    assert torch.equal(a.isnan(), b.isnan())
+    ia = a.nan_to_num(0.0).view(torch.int32).long()
+    ib = b.nan_to_num(0.0).view(torch.int32).long()
+    # order the int views like the floats (negative floats count down from the sign bit)
+    ia = torch.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
+    ib = torch.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
+    return int((ia - ib).abs().max()) if a.numel() else 0
+
+
+def _weights(shape, g):
+    w = (torch.rand(shape, generator=g) * 1.6 - 0.8)
+    w.view(-1)[::97] = 0.8  # at the bounds
+    w.view(-1)[1::89] = -0.8
+    w.view(-1)[2::83] = -0.0
+    return w
+
+
+@pytest.mark.parametrize("route", ["openmp-team", "thread-pool"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(64, 64), (33, 129), (512, 512)])
+def test_gradient_form_equals_the_torch_passes(shape, threads, route, monkeypatch):
+    """W after the compiled pass equals W after torch's passes (|grad| taken inside): within
+    one ulp everywhere (bit for bit where torch contracts its products into FMAs, as its
+    CPU builds do; `equal` is reported), at 1-3 threads, on torch's team and on the pool;
+    large gradients drive weights to the clip."""
+    monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
+    monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(shape[0] * 7 + threads)
+        cfg = _device()
+        state = sample_device_state(cfg, shape, torch.Generator().manual_seed(0))
+        for scale in (0.01, 30.0):
+            w0 = _weights(shape, g)
+            grad = torch.randn(shape, generator=g) * scale
+            grad.view(-1)[3::71] = 0.0
+            grad.view(-1)[4::67] = -0.0
+            ref = expected_update_(w0.clone(), grad, None, 0.1, state, cfg)
+            got = w0.clone()
+            assert updatekernel.softbounds_update_(got, grad, 0.1, state.b_max, state.b_min)
+            assert _ulps(got, ref) <= 1, (scale, _ulps(got, ref))
+            assert got.abs().max() <= 0.8
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("route", ["openmp-team", "thread-pool"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rank_one_form_equals_the_update_from_the_product(threads, route, monkeypatch):
+    """One sample's (d, x) give the weights the product d^T x gives through torch's passes
+    (d^T x of one row is exact: d_i x_j rounded once), within one ulp; zeros of both signs in
+    d and x."""
+    monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
+    monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(5)
+        cfg = _device()
+        shape = (96, 130)
+        state = sample_device_state(cfg, shape, torch.Generator().manual_seed(0))
+        w0 = _weights(shape, g)
+        d = torch.randn(1, 96, generator=g) * 0.5
+        x = torch.randn(1, 130, generator=g)
+        d[0, ::7], x[0, ::5], x[0, 1::9] = 0.0, -0.0, 0.0
+        ref = expected_update_(w0.clone(), d.t().mm(x), None, 0.3, state, cfg)
+        got = w0.clone()
+        assert updatekernel.softbounds_outer_update_(got, d, x, 0.3, state.b_max, state.b_min)
+        assert _ulps(got, ref) <= 1
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_kernels_refuse_what_they_do_not_cover():
+    """float64, non-contiguous, small or mismatched tensors: False, nothing written."""
+    w = torch.zeros(128, 128, dtype=torch.float64)
+    assert not updatekernel.softbounds_update_(w, w.clone(), 0.1, 0.8, -0.8)
+    w32 = torch.zeros(128, 128)
+    assert not updatekernel.softbounds_update_(w32, torch.ones(128, 256)[:, ::2], 0.1, 0.8,
+                                               -0.8)
+    assert not updatekernel.softbounds_update_(torch.zeros(8, 8), torch.ones(8, 8), 0.1, 0.8,
+                                               -0.8)
+    assert not updatekernel.softbounds_outer_update_(w32, torch.ones(1, 64), torch.ones(1, 128),
+                                                     0.1, 0.8, -0.8)
+    assert torch.equal(w32, torch.zeros(128, 128))
+
+
+def _tile(granularity="sample", seed=0):
+    cfg = TileConfig(device=_device(), update=UpdateConfig(mode="expected",
+                                                           granularity=granularity))
+    return AnalogTile(80, 100, cfg, seed)
+
+
+@pytest.mark.parametrize("granularity", ["sample", "microbatch"])
+def test_one_row_stash_updates_as_its_product(granularity, monkeypatch):
+    """A tile that stashes one sample's rows updates its weights as the same tile given the
+    product d^T x through `stash_products` (torch's passes, kernels off), within one ulp;
+    with two micro-batches of one row each the sum of their products is used."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(80, 100, generator=g) * 1.2 - 0.6
+    rows = [(torch.randn(1, 100, generator=g), torch.randn(1, 80, generator=g) * 0.2)
+            for _ in range(2)]
+    for count in (1, 2):
+        a, b = _tile(granularity), _tile(granularity)
+        a.set_weights(w)
+        b.set_weights(w)
+        for x, d in rows[:count]:
+            a.stash_rows(x, d)
+            a.end_microbatch()
+        a.apply_update(0.2)
+        monkeypatch.setattr(updatekernel, "KERNEL_MIN", 1 << 62)
+        for x, d in rows[:count]:
+            b.stash_products(d.t().mm(x), None)
+            b.end_microbatch()
+        b.apply_update(0.2)
+        monkeypatch.undo()
+        assert _ulps(a.weight, b.weight) <= 1, count
+
+
+def test_one_row_stash_still_refuses_non_finite_rows():
+    """A NaN in the one sample's x: NonFiniteUpdateError at the stash, weights untouched."""
+    t = _tile()
+    x = torch.ones(1, 100)
+    x[0, 3] = float("nan")
+    with pytest.raises(NonFiniteUpdateError):
+        t.stash_rows(x, torch.ones(1, 80))
+    assert t.pending == 0
