@@ -318,3 +318,30 @@ def test_compiled_conv_backward_equals_adc_then_fold_bit_for_bit(geometry, monke
         folded = torch.nn.functional.fold(cols, hw, k, dl, p, s)
         torch.testing.assert_close(fused.nan_to_num(0), folded.nan_to_num(0), rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_conv_backward_with_the_callers_abs_max_equals_its_own():
+    """analog_mvm_fold given the errors' abs-max per pixel (as the conv layer passes it from
+    the |d| its update needs too) gives the same values as computing it itself, on the
+    compiled route and on the torch passes."""
+    from analogpipe.tiles.io import PatchGeometry, analog_mvm_fold
+
+    geo = PatchGeometry((3, 3), (1, 1), (1, 1), (1, 1))
+    g = torch.Generator().manual_seed(2)
+    d, w = torch.randn(6, 16, 16 * 16, generator=g), torch.randn(16, 8 * 9, generator=g)
+    d[1, :, 7] = 0.0  # a pixel without error: alpha 0
+    alpha = d.abs().amax(1, keepdim=True)
+    for kernel_min in (None, 1 << 62):
+        import analogpipe.tiles.io as io_mod
+
+        old = io_mod.ADC_KERNEL_MIN
+        if kernel_min is not None:
+            io_mod.ADC_KERNEL_MIN = kernel_min
+        try:
+            own = analog_mvm_fold(d, geo, (16, 16), w, IOConfig(), torch.Generator().manual_seed(5))
+            given = analog_mvm_fold(d, geo, (16, 16), w, IOConfig(),
+                                    torch.Generator().manual_seed(5), alpha)
+        finally:
+            io_mod.ADC_KERNEL_MIN = old
+        assert _same(own, given)
+        assert own.abs().sum() > 0

@@ -183,6 +183,7 @@ class _ConvFn(torch.autograd.Function):
         tile = layer.tile
         need_x, need_b = ctx.needs_input_grad[0], ctx.has_bias and ctx.needs_input_grad[1]
         dx = db = None
+        d_abs = d.abs() if not tile.needs_rows and tile.needs_abs_product else None
         grad = None
         if tile.config.backward.is_perfect:
             # one call, same output mask as autograd's conv backward: bit-identical gradients
@@ -192,9 +193,14 @@ class _ConvFn(torch.autograd.Function):
             grad = grad.reshape(tile.out_size, -1)
         else:
             if need_x:
-                # errors as columns [N, out, L]; W^T d per output pixel, on the current weights
-                # W^T d per output pixel through the periphery, summed onto the input grid
-                dx = tile.backward_patches(d.flatten(2), layer.geometry, x.shape[-2:])
+                # errors as columns [N, out, L]; W^T d per output pixel through the periphery,
+                # on the current weights, summed onto the input grid. |d| serves the DAC's
+                # abs-max and the update's abs product alike
+                if d_abs is not None and tile.config.backward.noise_management == "abs_max":
+                    alpha = d_abs.flatten(2).amax(1, keepdim=True)
+                else:
+                    alpha = None
+                dx = tile.backward_patches(d.flatten(2), layer.geometry, x.shape[-2:], alpha)
             if need_b:
                 db = d.sum((0, 2, 3))
         if tile.needs_rows:
@@ -204,7 +210,7 @@ class _ConvFn(torch.autograd.Function):
             # sum over patches of d x^T is the conv weight gradient; |d| |x|^T likewise
             if grad is None:
                 grad = layer.weight_grad(x, d)
-            prod = layer.weight_grad(x.abs(), d.abs()) if tile.needs_abs_product else None
+            prod = layer.weight_grad(x.abs(), d_abs) if d_abs is not None else None
             tile.stash_products(grad, prod)
         return dx, db, None, None
 

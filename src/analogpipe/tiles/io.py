@@ -202,7 +202,7 @@ def analog_mvm_patches(
 
 def analog_mvm_fold(
     d: Tensor, geometry: PatchGeometry, hw: tuple[int, int] | torch.Size, weight: Tensor,
-    io: IOConfig, generator: torch.Generator | None,
+    io: IOConfig, generator: torch.Generator | None, alpha: Tensor | None = None,
 ) -> Tensor:
     """The conv backward: z = W^T d per output pixel through the periphery, summed back onto
     the input grid, as `geometry.fold(analog_mvm(d, weight, io, generator, transposed=True,
@@ -210,7 +210,9 @@ def analog_mvm_fold(
     pass, the same values bit for bit).
 
     d: [N, out, L] (the output errors as columns); weight: [out, C*kh*kw]; hw: the input's
-    (H, W). Returns [N, C, H, W] (a view into the zero-padded grid when padded). Raises
+    (H, W); alpha: the abs-max of every column of d [N, 1, L] where the caller has it (None:
+    computed here; ignored without abs-max noise management). Returns [N, C, H, W] (a view
+    into the zero-padded grid when padded). Raises
     ConfigError (on every route) when the kernel does not fit an (H, W) input or d does not
     hold the errors of its output pixels."""
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
@@ -225,7 +227,7 @@ def analog_mvm_fold(
     w = weight.t()
     if io.is_perfect:
         return geometry.fold(_columns_mvm(w, d), hw)
-    x, alpha = _dac(d, io, -2)
+    x, alpha = _dac(d, io, -2, alpha=alpha)
     z = _columns_mvm(w, x)
     kernels = _adc_kernels(z, alpha, io, True)
     if kernels is None:

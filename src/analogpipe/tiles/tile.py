@@ -332,12 +332,13 @@ class AnalogTile(nn.Module):
                                   self.generator(purpose))
 
     def backward_patches(self, d: Tensor, geometry: PatchGeometry,
-                         hw: tuple[int, int] | torch.Size) -> Tensor:
+                         hw: tuple[int, int] | torch.Size, alpha: Tensor | None = None
+                         ) -> Tensor:
         """The conv input gradient: `backward_rows` of every output pixel's error, d as
         columns [N, out, L], summed back onto the input grid of size hw -> [N, C, H, W]; see
-        `analog_mvm_fold`."""
+        `analog_mvm_fold` (alpha: the errors' abs-max per pixel [N, 1, L], or None)."""
         return analog_mvm_fold(d, geometry, hw, self.weight, self.config.backward,
-                               self.generator("backward"))
+                               self.generator("backward"), alpha)
 
     # --- stash and update ---------------------------------------------------------------
     @property
