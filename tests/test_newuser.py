@@ -297,3 +297,19 @@ def test_pulsed_float64_model_with_mixed_train_lengths_steps():
     after = [t.weight for t in (model[0].tile, model[2].tile)]
     assert all(a.dtype == torch.float64 for a in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def _float_fields() -> list[str]:
+    from dataclasses import fields
+
+    return [f.name for f in fields(TrainConfig) if f.type in ("float", float)
+            and f.name not in ("divergence_loss",)]  # inf: never call a run diverged
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("field", _float_fields())
+def test_every_float_setting_refuses_non_finite_values_naming_itself(field, value):
+    """inf, -inf and NaN in any float setting: a ConfigError naming that setting, raised by
+    TrainConfig itself (so the CLI names its flag), not by a layer built from it later."""
+    with pytest.raises(ConfigError, match=rf"^{field.split('_')[0]}"):
+        TrainConfig(**{field: value})

@@ -156,7 +156,8 @@ class TrainConfig:
         check(self.tau > 0 and math.isfinite(self.tau), "tau", self.tau, "a finite value > 0")
         check(self.io_bits == 0 or 2 <= self.io_bits <= MAX_BITS, "io_bits", self.io_bits,
               f"0 (perfect periphery) or an integer in [2, {MAX_BITS}]")
-        check(self.out_noise >= 0, "out_noise", self.out_noise, "a value >= 0")
+        check(self.out_noise >= 0 and math.isfinite(self.out_noise), "out_noise",
+              self.out_noise, "a finite value >= 0")
         check(self.update in UPDATE_MODES, "update", self.update, f"one of {UPDATE_MODES}")
         check(self.granularity in GRANULARITIES, "granularity", self.granularity,
               f"one of {GRANULARITIES}")
@@ -175,7 +176,8 @@ class TrainConfig:
               self.n_reads_per_transfer, "an integer >= 1")
         check(self.transfer_lr >= 0 and math.isfinite(self.transfer_lr), "transfer_lr",
               self.transfer_lr, "a finite value >= 0")
-        check(self.t_f > 0 and self.t_b > 0, "t_f/t_b", (self.t_f, self.t_b), "values > 0")
+        check(self.t_f > 0 and self.t_b > 0 and math.isfinite(self.t_f + self.t_b), "t_f/t_b",
+              (self.t_f, self.t_b), "finite values > 0")
         check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"one of {ALGORITHMS}")
         check(self.algorithm == "analog-sgd" or self.analog, "algorithm", self.algorithm,
               "'analog-sgd' with scheme 'digital' (Tiki-Taka needs analog tiles)")
