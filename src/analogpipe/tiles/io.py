@@ -262,7 +262,7 @@ def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | 
         if alpha is None:
             alpha = inp.abs().amax(dim=dim, keepdim=True)
         # a zero vector stays exactly zero (aihwkit: alpha = 0 gives output 0)
-        inv = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).reciprocal_()
+        inv = torch.where(alpha > 0, alpha, 1.0).reciprocal_()
         x = torch.mul(inp, inv / i_step if i_step > 0 else inv, out=out)
     else:
         alpha = None

@@ -371,7 +371,7 @@ class AnalogTile(nn.Module):
         if s is None:
             return None
         s2 = s.detach().square()
-        return torch.where(s2 > 0, s2.reciprocal(), torch.ones_like(s2))
+        return torch.where(s2 > 0, s2.reciprocal(), 1.0)
 
     def _refuse_non_finite(self, what: str) -> None:
         raise NonFiniteUpdateError(
