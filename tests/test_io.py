@@ -345,3 +345,55 @@ def test_conv_backward_with_the_callers_abs_max_equals_its_own():
             io_mod.ADC_KERNEL_MIN = old
         assert _same(own, given)
         assert own.abs().sum() > 0
+
+
+_SMALL_CONFIGS = _ADC_CONFIGS + [IOConfig(inp_bound=0.5), IOConfig(inp_res=0, inp_bound=0.25),
+                                 IOConfig(out_noise=1e-50),
+                                 IOConfig.bits(24, 24, out_bound=1e30, out_noise=0.0)]
+
+
+def _special_rows(shape, g):
+    y = torch.randn(shape, generator=g) * 30
+    flat = y.view(-1)
+    flat[::97] = float("nan")
+    flat[5::101] = float("inf")
+    flat[9::103] = -float("inf")
+    flat[7::11] = -0.0
+    if shape[0] > 2:
+        y[1] = 0.0  # an all-zero row: alpha 0
+        y[2, ::2] = -0.0
+    return y
+
+
+@pytest.mark.parametrize("io", _SMALL_CONFIGS, ids=range(len(_SMALL_CONFIGS)))
+def test_small_rows_periphery_equals_the_torch_ops_bit_for_bit(io, monkeypatch):
+    """Rows below the compiled output side's size: the compiled DAC of rows
+    (`_periphery_jit.dac_rows_`) and output side (`adc_rows_`, noise drawn from the torch
+    generator as `rng.add_normal_` draws it) give the values of the torch ops bit for bit
+    (alpha included), NaN, inf, -0 and all-zero rows included, and so does analog_mvm."""
+    import analogpipe.tiles.io as io_mod
+    from analogpipe.tiles.io import _adc, _dac
+
+    if io_mod.jit.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(40, 33, generator=g)
+    for shape in [(1, 33), (7, 33), (64, 33), (3, 512)]:
+        x = _special_rows(shape, g)
+        runs = []
+        for small in (True, False):
+            monkeypatch.setattr(io_mod, "SMALL_KERNELS", small)
+            xq, alpha = _dac(x, io, -1)
+            yy = torch.randn(shape[0], 40, generator=torch.Generator().manual_seed(1)) * 40
+            yy[0, :3] = float("nan")
+            yy[-1, 3:6] = -0.0
+            a_in = None if alpha is None else alpha.clone()
+            out = _adc(yy, io, a_in, torch.Generator().manual_seed(7))
+            mvm = analog_mvm(x, w, io, torch.Generator().manual_seed(9)) \
+                if shape[1] == 33 else None
+            runs.append((xq, alpha, out, mvm))
+        (xq, al, out, mvm), (rxq, ral, rout, rmvm) = runs
+        assert _same(xq, rxq), (shape, "dac")
+        assert (al is None and ral is None) or _same(al, ral), (shape, "alpha")
+        assert _same(out, rout), (shape, "adc")
+        assert mvm is None or _same(mvm, rmvm), (shape, "mvm")

@@ -9,6 +9,7 @@ quantized and clipped. Differences from aihwkit: no iterative bound management (
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from analogpipe.errors import check
-from analogpipe.tiles import rng
+from analogpipe.tiles import jit, rng
 
 NOISE_MANAGEMENT = ("abs_max", "none")
 
@@ -256,8 +257,13 @@ def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | 
     """Input side: (DAC levels x_int = round(x / (alpha * step)), clipped; alpha) with alpha
     the abs-max of every vector along `dim` (or given) under abs-max noise management, else
     None. Written to `out` if given. The steps are folded into per-vector factors so that
-    each pass over the inputs is one op; y = (x_int W) * step later."""
+    each pass over the inputs is one op; y = (x_int W) * step later. 2-d float32 CPU rows
+    under abs-max take `_dac_rows` (one compiled pass, the same values)."""
     i_step = io.inp_step
+    if alpha is None and out is None and dim in (-1, 1) and io.noise_management == "abs_max":
+        compiled = _dac_rows(inp, io)
+        if compiled is not None:
+            return compiled
     if io.noise_management == "abs_max":
         if alpha is None:
             alpha = inp.abs().amax(dim=dim, keepdim=True)
@@ -289,10 +295,15 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None, generator: torch.Generat
     values on (the sizes whose noise `rng.add_normal_` draws from the compiled generator),
     with the other conditions of `_adc_kernels` (a contiguous float32 alpha of the layout's
     shape; an out_noise that is not 0 in float32 unless it is 0): the same values as these
-    torch passes, bit for bit."""
+    torch passes, bit for bit. Rows below rng.KERNEL_MIN values take `_adc_small` (one
+    compiled pass, the noise from the generator as before), the same values too."""
     kernels = _adc_kernels(y, alpha, io, columns)
     if kernels is not None:
         return _adc_compiled(kernels, y, io, alpha, generator, columns)
+    if not columns and _small_rows(y, alpha):
+        small = jit.load("_periphery_jit")
+        if small is not None:
+            return _adc_small(small, y, io, alpha, generator)
     i_step, o_step = io.inp_step, io.out_step
     if i_step > 0:
         y.mul_(i_step)
@@ -310,6 +321,77 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None, generator: torch.Generat
 
 
 ADC_KERNEL_MIN = rng.KERNEL_MIN  # results from this size (and rng.KERNEL_MIN): compiled pass
+SMALL_KERNELS = True  # rows below that size (and DACs of rows): one compiled pass each
+DAC_KERNEL_MAX = rng.KERNEL_PART  # rows DAC'd by the compiled pass up to this many values
+
+
+def _rows_ok(t: Tensor) -> bool:
+    return (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+            and t.dim() >= 1)
+
+
+def _small_rows(y: Tensor, alpha: Tensor | None) -> bool:
+    """Whether `_adc_small` serves y: rows [..., out] of fewer than rng.KERNEL_MIN values
+    (whose noise `rng.add_normal_` adds as torch's `add_(z, alpha=std)`)."""
+    if not (SMALL_KERNELS and _rows_ok(y) and not y.requires_grad
+            and 0 < y.numel() < rng.KERNEL_MIN):
+        return False
+    return alpha is None or (alpha.dtype == torch.float32 and alpha.is_contiguous()
+                             and tuple(alpha.shape) == (*y.shape[:-1], 1))
+
+
+def _adc_small(kernels, y: Tensor, io: IOConfig, alpha: Tensor | None,
+               generator: torch.Generator | None) -> Tensor:
+    """`_adc`'s torch passes on rows in one compiled pass (`_periphery_jit.adc_rows_`), the
+    noise drawn from the generator as `rng.add_normal_` draws it for such sizes: the same
+    values, bit for bit."""
+    z = rng.normal_(torch.empty_like(y), generator).view(-1).numpy() if io.out_noise > 0 \
+        else _EMPTY
+    a = _EMPTY if alpha is None else alpha.detach().view(-1).numpy()
+    kernels.adc_rows_(y.detach().view(-1).numpy(), z, *_small_adc_args(io), a, y.shape[-1])
+    torch.autograd.graph.increment_version(y)
+    return y
+
+
+_EMPTY = np.empty(0, np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _small_adc_args(io: IOConfig) -> tuple[np.float32, ...]:
+    """(std, i_step, inv_o, level, o_step) of `_periphery_jit.adc_rows_` as float32, the
+    scalars of the torch passes (0 for a step or bound that is not there)."""
+    f32 = np.float32
+    i_step, o_step, bounded = io.inp_step, io.out_step, math.isfinite(io.out_bound)
+    if o_step > 0:
+        inv_o, level = f32(1 / o_step), f32(io.out_bound / o_step if bounded else 0)
+    else:
+        inv_o, level = f32(0), f32(io.out_bound if bounded else 0)
+    return (f32(io.out_noise), f32(i_step if i_step > 0 else 0), inv_o, level,
+            f32(o_step if o_step > 0 else 1))
+
+
+def _dac_rows(inp: Tensor, io: IOConfig) -> tuple[Tensor, Tensor] | None:
+    """`_dac` of rows [S, in] under abs-max noise management in one compiled pass
+    (`_periphery_jit.dac_rows_`; the same values as the torch ops), or None where it does
+    not apply (not 2-d float32 contiguous CPU rows of at most DAC_KERNEL_MAX values, or
+    numba unavailable)."""
+    if not (SMALL_KERNELS and inp.dim() == 2 and _rows_ok(inp)
+            and 0 < inp.numel() <= DAC_KERNEL_MAX):
+        return None
+    kernels = jit.load("_periphery_jit")
+    if kernels is None:
+        return None
+    f32 = np.float32
+    i_step = io.inp_step
+    if io.inp_bound < 1:
+        level = f32(io.inp_bound / i_step if i_step > 0 else io.inp_bound)
+    else:
+        level = f32(0)
+    x = torch.empty_like(inp)
+    alpha = torch.empty((inp.shape[0], 1), dtype=inp.dtype)
+    kernels.dac_rows_(inp.detach().numpy(), x.numpy(), alpha.view(-1).numpy(),
+                      f32(i_step) if i_step > 0 else f32(0), level)
+    return x, alpha
 
 
 def _adc_kernels(y: Tensor, alpha: Tensor | None, io: IOConfig, columns: bool):
