@@ -215,3 +215,42 @@ def test_rows_that_cannot_fire_leave_the_weights_exactly_unchanged():
         assert torch.equal(pulsed_update_(w.clone(), x, d, 0.1, state, cfg, UpdateConfig(), gen), w)
         n_up, n_down = pulse_counts(x, d, 0.1, cfg.dw_min, UpdateConfig(), gen)
         assert not n_up.any() and not n_down.any()
+
+
+@pytest.mark.parametrize("bl_management", [True, False])
+@pytest.mark.parametrize("management", [True, False])
+@pytest.mark.parametrize("desired_bl", [1, 5, 31])
+def test_compiled_probabilities_equal_the_torch_ops(bl_management, management, desired_bl,
+                                                     monkeypatch):
+    """pulse_probabilities through the compiled pass (float32 rows) equals its torch ops:
+    BL exactly, p_x and p_d to 2 units in the last place (the compiled pass takes IEEE square
+    roots, torch's CPU sqrt can be one unit off; every other op is the same float32
+    arithmetic), with all-zero rows, -0, rows whose k exceeds desired_bl (up to 1e6) and tiny
+    ones (k below 1e-30)."""
+    from analogpipe.tiles import jit as jit_mod
+    from analogpipe.tiles import pulses as pulses_mod
+
+    if jit_mod.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    cfg = UpdateConfig(desired_bl=desired_bl, update_bl_management=bl_management,
+                       update_management=management)
+    g = torch.Generator().manual_seed(desired_bl)
+    for s, n_in, n_out in [(1, 512, 512), (9, 33, 17), (64, 100, 3)]:
+        scale = torch.logspace(-15, 3, s)[:, None]  # k from below 1e-30 to about 1e6
+        x = torch.randn(s, n_in, generator=g) * scale
+        d = torch.randn(s, n_out, generator=g) * scale
+        if s > 2:
+            x[1] = 0.0
+            d[2, ::2] = -0.0
+        for lr, dw_min in [(0.1, 0.001), (3.0, 1e-5), (1e-4, 0.01), (0.0123, 0.000777),
+                           (0.37, 0.0031), (0.051, 0.00017), (0.9, 0.0213)]:
+            got = pulse_probabilities(x, d, lr, dw_min, cfg)
+            monkeypatch.setattr(pulses_mod, "COMPILED_MAX", 0)
+            ref = pulse_probabilities(x, d, lr, dw_min, cfg)
+            monkeypatch.undo()
+            assert torch.equal(got[2], ref[2]), (s, lr, dw_min)
+            for a, b in zip(got[:2], ref[:2]):
+                assert a.dtype == b.dtype == torch.float32
+                assert torch.equal(a == 0, b == 0) and torch.equal(a == 1, b == 1)
+                ulp = torch.finfo(torch.float32).eps * b.abs()
+                assert ((a - b).abs() <= 2 * ulp).all(), (s, lr, dw_min)

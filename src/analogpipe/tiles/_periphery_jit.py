@@ -1,11 +1,12 @@
-"""The numba kernels of the periphery's small row MVMs (`analogpipe.tiles.io`): the DAC of rows
-and the output side of results below `rng.KERNEL_MIN` values, each one compiled pass instead
-of about eight small torch ops (imported on first use through `analogpipe.tiles.jit`; compiled
-once and cached on disk).
+"""The numba kernels of small row operations: the periphery's DAC of rows and output side of
+results below `rng.KERNEL_MIN` values (`analogpipe.tiles.io`), and the pulse probabilities of
+rows (`analogpipe.tiles.pulses.pulse_probabilities`), each one compiled pass instead of eight
+to twenty small torch ops (imported on first use through `analogpipe.tiles.jit`; compiled once
+and cached on disk).
 
-Every value is computed as the torch passes of `io._dac` and `io._adc` compute it in float32,
-so the routes agree bit for bit (`tests/test_io.py`); the output noise is drawn by the caller
-from its torch generator, as those passes draw it.
+The periphery's values are computed as the torch passes of `io._dac` and `io._adc` compute
+them in float32, so the routes agree bit for bit (`tests/test_io.py`); the output noise is
+drawn by the caller from its torch generator, as those passes draw it.
 """
 
 import numba
@@ -123,3 +124,54 @@ def warm_up() -> None:
     dac_rows_(x, np.empty_like(x), np.empty(2, np.float32), _F(0.1), _F(0))
     adc_rows_(x.reshape(-1), x.reshape(-1).copy(), _F(0.1), _F(0.1), _F(0.5), _F(10),
               _F(2), np.ones(2, np.float32), 3)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _abs_max(v):
+    """max |v| of a float32 row (a NaN when it holds one, as torch.amax of abs)."""
+    mask = np.int32(0x7FFFFFFF)
+    m = np.int32(0)
+    for k in range(v.shape[0]):
+        b = _f32_bits(v[k]) & mask
+        m = b if b > m else m
+    return _f32_from_bits(m)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def pulse_probabilities_(x, d, p_x, p_d, bl, lr, dw_min, desired, bl_management,
+                         management):
+    """`analogpipe.tiles.pulses.pulse_probabilities` of float32 rows x [S, in], d [S, out]
+    into p_x, p_d (float32, same shapes) and bl [S] (int64), with the float32 arithmetic of
+    its torch ops (lr, dw_min, desired: float32; `s / t` of a Python number s by a tensor t
+    is torch's `reciprocal(t) * s`) and IEEE square roots (torch's CPU sqrt may differ by
+    one unit in the last place)."""
+    one = _F(1.0)
+    for s in range(x.shape[0]):
+        x_max = _abs_max(x[s])
+        d_max = _abs_max(d[s])
+        k = lr * x_max * d_max / dw_min
+        if bl_management:
+            c = np.ceil(k)
+            c = one if c < one else c  # clamp(1, desired): NaN stays NaN
+            blf = desired if c > desired else c
+        else:
+            blf = desired
+        a = np.sqrt((one / (dw_min * blf)) * lr)
+        b = a
+        if management:
+            kc = k if k > _F(1e-30) else _F(1e-30)  # clamp_min: NaN stays NaN
+            d_tilde = d_max * (((one / kc) * desired) if k > desired else one)
+            ok = (x_max > 0) and (d_tilde > 0)
+            ratio = x_max / d_tilde if ok else one
+            r = np.sqrt(ratio)
+            a = a * r
+            b = b / r
+        bl[s] = np.int64(blf)
+        xs, ds = x[s], d[s]
+        px, pd = p_x[s], p_d[s]
+        for j in range(xs.shape[0]):
+            v = abs(xs[j]) * b
+            px[j] = one if v > one else v  # clamp_max: NaN stays NaN
+        for i in range(ds.shape[0]):
+            v = abs(ds[i]) * a
+            pd[i] = one if v > one else v

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from analogpipe.devices import DeviceConfig, DeviceState, apply_pulse_counts_
 from analogpipe.errors import check
-from analogpipe.tiles import pulsekernel
+from analogpipe.tiles import jit, pulsekernel
 from analogpipe.tiles.rng import run_parts
 
 UPDATE_MODES = ("expected", "pulsed")
@@ -73,10 +73,41 @@ def pulse_probabilities(
     """Per-sample bit probabilities and train lengths.
 
     x: [S, in], d: [S, out]. Returns p_x [S, in], p_d [S, out] (in [0, 1]) and BL [S] (int64).
+    Float32 CPU rows of up to COMPILED_MAX values take one compiled pass
+    (`_periphery_jit.pulse_probabilities_`): the same float32 arithmetic as these torch ops,
+    except that its square roots are IEEE's (torch's CPU sqrt can be one unit in the last
+    place off), so BL is the same and p_x, p_d agree to 2 ulp (tests/test_pulsed.py).
     """
+    compiled = _compiled_probabilities(x, d, lr, dw_min, cfg)
+    if compiled is not None:
+        return compiled
     x_abs, d_abs = x.abs(), d.abs()
     a, b, bl = _row_factors(x_abs.amax(dim=1), d_abs.amax(dim=1), lr, dw_min, cfg)
     return _fire_probability_(x_abs, b), _fire_probability_(d_abs, a), bl.to(torch.int64)
+
+
+COMPILED_MAX = 1 << 17  # pulse_probabilities of rows up to this many values: compiled
+
+
+def _compiled_probabilities(x: Tensor, d: Tensor, lr: float, dw_min: float,
+                            cfg: UpdateConfig) -> tuple[Tensor, Tensor, Tensor] | None:
+    def rows(t: Tensor) -> bool:
+        return (t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2
+                and t.is_contiguous())
+
+    if not (rows(x) and rows(d) and x.shape[0] == d.shape[0] and x.shape[0] > 0
+            and x.numel() + d.numel() <= COMPILED_MAX):
+        return None
+    kernels = jit.load("_periphery_jit")
+    if kernels is None:
+        return None
+    p_x, p_d = torch.empty_like(x), torch.empty_like(d)
+    bl = torch.empty(x.shape[0], dtype=torch.int64)
+    f = np.float32
+    kernels.pulse_probabilities_(x.detach().numpy(), d.detach().numpy(), p_x.numpy(),
+                                 p_d.numpy(), bl.numpy(), f(lr), f(dw_min), f(cfg.desired_bl),
+                                 cfg.update_bl_management, cfg.update_management)
+    return p_x, p_d, bl
 
 
 def _fire_probability_(v_abs: Tensor, factor: Tensor) -> Tensor:
