@@ -254,3 +254,42 @@ def test_compiled_probabilities_equal_the_torch_ops(bl_management, management, d
                 assert torch.equal(a == 0, b == 0) and torch.equal(a == 1, b == 1)
                 ulp = torch.finfo(torch.float32).eps * b.abs()
                 assert ((a - b).abs() <= 2 * ulp).all(), (s, lr, dw_min)
+
+
+@pytest.mark.parametrize("desired_bl", [1, 5, 31, 100])
+@pytest.mark.parametrize("lr", [0.01, 1.0, 50.0])
+def test_one_sample_compiled_update_equals_the_torch_route(desired_bl, lr, monkeypatch):
+    """One sample's pulsed update through the compiled pass gives the weights of the torch
+    route (`_one_sample_counts` then `apply_pulse_counts_`) bit for bit from the same
+    generator, and leaves the generator in the same state: few pulses (a submatrix), many
+    (the dense update, where unfired elements take factors 1 and 0), mixed signs, zeros in
+    x and d, weights at and near the bounds, -0 weights."""
+    from analogpipe.devices import DeviceConfig, sample_device_state
+    from analogpipe.tiles import jit as jit_mod
+    from analogpipe.tiles import pulses as pulses_mod
+
+    if jit_mod.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    dev = DeviceConfig(name="softbounds", dw_min=0.001, w_max=0.6, w_min=-0.6)
+    cfg = UpdateConfig(mode="pulsed", desired_bl=desired_bl)
+    g = torch.Generator().manual_seed(desired_bl)
+    for n_out, n_in in [(40, 70), (3, 200)]:
+        state = sample_device_state(dev, (n_out, n_in), torch.Generator().manual_seed(0))
+        w0 = torch.rand(n_out, n_in, generator=g) * 1.2 - 0.6
+        w0.view(-1)[::13] = 0.6
+        w0.view(-1)[1::17] = -0.0
+        x = torch.randn(1, n_in, generator=g)
+        d = torch.randn(1, n_out, generator=g) * 0.3
+        x[0, ::7] = 0.0
+        d[0, ::5] = 0.0
+        out = []
+        for compiled in (True, False):
+            monkeypatch.setattr(pulses_mod, "ONE_SAMPLE_KERNEL", compiled)
+            w = w0.clone()
+            gen = torch.Generator().manual_seed(11)
+            pulses_mod.pulsed_update_(w, x, d, lr, state, dev, cfg, gen)
+            out.append((w, torch.rand(1, generator=gen)))
+        (wc, nc), (wt, nt) = out
+        assert torch.equal(wc.view(torch.int32), wt.view(torch.int32)), (n_out, n_in)
+        assert torch.equal(nc, nt)
+        assert not torch.equal(wc, w0) or lr == 0.01

@@ -195,6 +195,20 @@ def apply_pulses(
 PAIR_TABLE_MAX = 255  # largest count for the (n_up, n_down) pair table (65536 entries)
 
 
+def pair_tables(n_max: int, b: float, dw_min: float, dtype: torch.dtype,
+                device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Symmetric soft bounds' factors for n_up, n_down <= n_max pulses, flat
+    [(n_max + 1)^2] at index n_up (n_max + 1) + n_down: w_new = w f_mul + f_add with
+    f_mul = 1 + e_up + e_down, f_add = b (e_down - e_up), e_n = a^n - 1 = expm1(n log a),
+    a = 1 - dw_min / b, formed in float64 and rounded once to dtype. A pair's factors do not
+    depend on n_max; zero counts give (1, 0)."""
+    e = torch.arange(n_max + 1, device=device, dtype=torch.float64)
+    e.mul_(math.log1p(-dw_min / b)).expm1_()
+    f_mul = (1 + e[:, None] + e[None, :]).to(dtype).view(-1)
+    f_add = (e[None, :] - e[:, None]).mul_(b).to(dtype).view(-1)
+    return f_mul, f_add
+
+
 def apply_pulse_counts_(
     w: Tensor,
     signed: Tensor,
@@ -218,10 +232,7 @@ def apply_pulse_counts_(
             # w_new = w (1 + e_up + e_down) + b (e_down - e_up): one lookup per factor over
             # the (n_up, n_down) pairs, index n_up (n_max + 1) + n_down, factors rounded once
             # from float64; zero counts give factors (1, 0): w exactly unchanged
-            e = torch.arange(n_max + 1, device=w.device, dtype=torch.float64)
-            e.mul_(log_a).expm1_()
-            f_mul = (1 + e[:, None] + e[None, :]).to(w.dtype).view(-1)
-            f_add = (e[None, :] - e[:, None]).mul_(b).to(w.dtype).view(-1)
+            f_mul, f_add = pair_tables(n_max, b, cfg.dw_min, w.dtype, w.device)
             idx = total.mul_((n_max + 2) / 2).add_(signed, alpha=-n_max / 2)
             idx = idx.view(-1).to(torch.int32)
             w.mul_(f_mul.index_select(0, idx).view(w.shape))

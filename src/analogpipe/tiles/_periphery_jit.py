@@ -175,3 +175,88 @@ def pulse_probabilities_(x, d, p_x, p_d, bl, lr, dw_min, desired, bl_management,
         for i in range(ds.shape[0]):
             v = abs(ds[i]) * a
             pd[i] = one if v > one else v
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _fires(u, p, n, words):
+    """Per element j < n, the slots s < BL where u[s, j] < p[j], as bits of `words` uint64
+    words [n, words] (u: [BL, n] uniforms)."""
+    out = np.zeros((n, words), np.uint64)
+    for s in range(u.shape[0]):
+        us = u[s]
+        wd = s // 64
+        bit = np.uint64(1) << np.uint64(s % 64)
+        for j in range(n):
+            if us[j] < p[j]:
+                out[j, wd] |= bit
+    return out
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _popcount(v):
+    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def one_sample_update_(w, x, d, p_x, p_d, u_x, u_d, f_mul, f_add):
+    """The pulsed update of one sample, in place on the float32 conductances w [out, in]
+    (symmetric soft bounds, pair tables f_mul, f_add of `devices.response.pair_tables` for
+    n_max = BL), as `pulses._one_sample_counts` then `pulsed_update_` apply it: x_j fires in
+    slot s when u_x[s, j] < p_x[j], d_i when u_d[s, i] < p_d[i] (u: the torch uniforms
+    [BL, in], [BL, out]); an element's coincidences are pulses down when d_i x_j > 0, else
+    up; w = w f_mul[idx] + f_add[idx], idx = n_up (BL + 1) + n_down, over the submatrix of
+    fired rows and columns when it holds at most half of W, else over all of W (zero counts:
+    factors 1 and 0). Returns the number of elements written."""
+    n_out, n_in = w.shape
+    bl = u_x.shape[0]
+    words = (bl + 63) // 64
+    fx = _fires(u_x, p_x, n_in, words)
+    fd = _fires(u_d, p_d, n_out, words)
+    cols = np.empty(n_in, np.int64)
+    rows = np.empty(n_out, np.int64)
+    nc = 0
+    for j in range(n_in):
+        hit = np.uint64(0)
+        for k in range(words):
+            hit |= fx[j, k]
+        if hit != 0:
+            cols[nc] = j
+            nc += 1
+    nr = 0
+    for i in range(n_out):
+        hit = np.uint64(0)
+        for k in range(words):
+            hit |= fd[i, k]
+        if hit != 0:
+            rows[nr] = i
+            nr += 1
+    if nr * nc * 2 <= n_in * n_out:
+        if nr == 0 or nc == 0:
+            return 0
+    else:  # dense: every element, the unfired ones with zero counts
+        for i in range(n_out):
+            rows[i] = i
+        for j in range(n_in):
+            cols[j] = j
+        nr, nc = n_out, n_in
+    m1 = np.int64(bl + 1)
+    for a in range(nr):
+        i = rows[a]
+        wi = w[i]
+        di = d[i]
+        fdi = fd[i]
+        for c in range(nc):
+            j = cols[c]
+            n = np.int64(0)
+            for k in range(words):
+                n += _popcount(fdi[k] & fx[j, k])
+            if (di > 0) == (x[j] > 0):  # d_i x_j > 0 (where both fire, neither is 0)
+                idx = n
+            else:
+                idx = n * m1
+            v = wi[j] * f_mul[idx]
+            wi[j] = v + f_add[idx]
+    return nr * nc

@@ -22,13 +22,20 @@ masks per sample, counted by AND and popcount (same distribution, other random n
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from analogpipe.devices import DeviceConfig, DeviceState, apply_pulse_counts_
+from analogpipe.devices import (
+    DeviceConfig,
+    DeviceState,
+    apply_pulse_counts_,
+    is_symmetric_soft_bounds,
+)
+from analogpipe.devices.response import pair_tables
 from analogpipe.errors import check
 from analogpipe.tiles import jit, pulsekernel
 from analogpipe.tiles.rng import run_parts
@@ -87,6 +94,7 @@ def pulse_probabilities(
 
 
 COMPILED_MAX = 1 << 17  # pulse_probabilities of rows up to this many values: compiled
+ONE_SAMPLE_KERNEL = True  # one float32 sample's pulsed update in one compiled pass
 
 
 def _compiled_probabilities(x: Tensor, d: Tensor, lr: float, dw_min: float,
@@ -461,8 +469,13 @@ def pulsed_update_(
     in place (same physics as `apply_pulses(w, *pulse_counts(...))`).
 
     When the pulses touch only a submatrix, only that submatrix is read and written:
-    elements without coincidences are left exactly unchanged either way.
+    elements without coincidences are left exactly unchanged either way. One float32 CPU
+    sample on a symmetric soft-bounds device takes one compiled pass
+    (`_periphery_jit.one_sample_update_`) after the same draws: the same weights.
     """
+    if x.shape[0] == 1 and ONE_SAMPLE_KERNEL and \
+            _one_sample_compiled_(w, x, d, lr, state, device, cfg, generator):
+        return w
     signed, total, rows, cols = signed_counts(x, d, lr, device.dw_min, cfg, generator)
     if rows is None:
         return apply_pulse_counts_(w, signed, total, state, device, generator)
@@ -493,6 +506,43 @@ def pulsed_update_(
                                for f, v in vars(state).items()})
     put(apply_pulse_counts_(pick(w), signed, total, sub_state, device, generator))
     return w
+
+
+@functools.lru_cache(maxsize=32)
+def _pair_tables_np(bl: int, b: float, dw_min: float) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(t.numpy() for t in pair_tables(bl, b, dw_min, torch.float32))  # type: ignore
+
+
+def _one_sample_compiled_(w: Tensor, x: Tensor, d: Tensor, lr: float, state: DeviceState,
+                          device: DeviceConfig, cfg: UpdateConfig,
+                          generator: torch.Generator | None) -> bool:
+    """`pulsed_update_` of one sample (x [1, in], d [1, out]) in one compiled pass, with the
+    draws of `_one_sample_counts` (the same uniforms from the generator, the same fired
+    slots) and the pair tables of `apply_pulse_counts_`: the same weights. False (nothing
+    drawn, nothing written) where it does not apply: not float32 contiguous on the CPU, not
+    symmetric soft bounds without cycle-to-cycle noise, lr not > 0, numba unavailable."""
+    if not (lr > 0 and w.dtype == x.dtype == d.dtype == torch.float32
+            and w.device.type == "cpu" and w.dim() == 2 and w.is_contiguous()
+            and x.is_contiguous() and d.is_contiguous()
+            and tuple(w.shape) == (d.shape[1], x.shape[1])
+            and is_symmetric_soft_bounds(state, device) and device.dw_min_std == 0
+            and x.numel() + d.numel() <= COMPILED_MAX):
+        return False
+    kernels = jit.load("_periphery_jit")
+    if kernels is None:
+        return False
+    x, d = x.detach(), d.detach()
+    p_x, p_d, bl_t = pulse_probabilities(x, d, lr, device.dw_min, cfg)
+    bl = int(bl_t[0])
+    like = dict(device=x.device, dtype=x.dtype)
+    u_x = torch.rand((bl, x.shape[1]), generator=generator, **like)
+    u_d = torch.rand((bl, d.shape[1]), generator=generator, **like)
+    f_mul, f_add = _pair_tables_np(bl, float(state.b_max), float(device.dw_min))
+    if kernels.one_sample_update_(w.detach().numpy(), x[0].numpy(), d[0].numpy(),
+                                  p_x[0].numpy(), p_d[0].numpy(), u_x.numpy(), u_d.numpy(),
+                                  f_mul, f_add):
+        torch.autograd.graph.increment_version(w)
+    return True
 
 
 def expected_pulse_count(x: Tensor, d: Tensor, lr: float, dw_min: float) -> Tensor:
