@@ -147,3 +147,41 @@ def test_one_row_stash_still_refuses_non_finite_rows():
     with pytest.raises(NonFiniteUpdateError):
         t.stash_rows(x, torch.ones(1, 80))
     assert t.pending == 0
+
+
+@pytest.mark.parametrize("mode", ["pulsed", "expected"])
+@pytest.mark.parametrize("learned", [False, True])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_compiled_stash_equals_the_torch_route(mode, learned, rows, monkeypatch):
+    """`stash_rows` of small float32 rows through the compiled pass (compensated rows and
+    the abs-maxima in one pass) stashes what its torch ops stash, bit for bit (output scales
+    with a zero among them: compensation 1 there), and refuses NaN / inf in x or d on both
+    routes alike."""
+    from analogpipe.tiles import tile as tile_mod
+    from analogpipe.tiles.tile import MappingConfig
+
+    if jit.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    cfg = TileConfig(device=_device(), update=UpdateConfig(mode=mode),
+                     mapping=MappingConfig(weight_scaling_omega=0.4, learn_out_scaling=learned))
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 100, generator=g)
+    d = torch.randn(rows, 80, generator=g) * 0.1
+    stashes = []
+    for small in (True, False):
+        monkeypatch.setattr(tile_mod, "SMALL_STASH_MAX", 1 << 17 if small else 0)
+        t = AnalogTile(80, 100, cfg, 0)
+        t.set_weights(torch.rand(80, 100, generator=torch.Generator().manual_seed(1)) - 0.5)
+        t.out_scale.data[3] = 0.0
+        t.stash_rows(x, d)
+        e = t._stash[0]
+        first = torch.cat([e[0].d, e[0].x], 1) if isinstance(e[0], tile_mod._RankOne) else e[0]
+        stashes.append((first, e[1]))
+        for bad in ("x", "d"):
+            xb, db = x.clone(), d.clone()
+            (xb if bad == "x" else db)[0, 7] = float("nan") if rows == 1 else float("inf")
+            with pytest.raises(NonFiniteUpdateError):
+                t.stash_rows(xb, db)
+    (a, pa), (b, pb) = stashes
+    assert torch.equal(a, b)
+    assert (pa is None and pb is None) or torch.equal(pa, pb)

@@ -260,3 +260,37 @@ def one_sample_update_(w, x, d, p_x, p_d, u_x, u_d, f_mul, f_add):
             v = wi[j] * f_mul[idx]
             wi[j] = v + f_add[idx]
     return nr * nc
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def stash_rows_(x, d, s, rows):
+    """A tile's stash of float32 rows x [S, in], d [S, out]: rows = d * c with c[i] =
+    1 / (s_i s_i) where s_i s_i > 0 else 1 (s: the output scales [out]; empty: c = 1, rows a
+    copy of d), as `AnalogTile.stash_rows`' torch ops form them. Returns (max |x|, max |rows|)
+    as float32 (inf or NaN when an element is; NaN before inf)."""
+    one = _F(1.0)
+    scaled = s.shape[0] > 0
+    n_out = d.shape[1]
+    c = np.empty(n_out, np.float32)
+    for i in range(n_out):
+        if scaled:
+            s2 = s[i] * s[i]
+            c[i] = one / s2 if s2 > 0 else one
+        else:
+            c[i] = one
+    x_max = _F(0.0)
+    for r in range(x.shape[0]):
+        m = _abs_max(x[r])
+        x_max = m if (m > x_max or m != m) and x_max == x_max else x_max
+    d_max = _F(0.0)
+    for r in range(d.shape[0]):
+        dr, out = d[r], rows[r]
+        if scaled:
+            for i in range(n_out):
+                out[i] = dr[i] * c[i]
+        else:
+            for i in range(n_out):
+                out[i] = dr[i]
+        m = _abs_max(out)
+        d_max = m if (m > d_max or m != m) and d_max == d_max else d_max
+    return x_max, d_max

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +39,7 @@ from analogpipe.devices import (
     sample_device_state,
 )
 from analogpipe.errors import ConfigError, check
+from analogpipe.tiles import jit
 from analogpipe.tiles.io import (
     IOConfig,
     PatchGeometry,
@@ -388,28 +390,37 @@ class AnalogTile(nn.Module):
         Raises NonFiniteUpdateError (naming the layer) if x or d holds NaN or inf.
         """
         x, d = x.detach(), d.detach()
-        comp = self.update_compensation()
-        if comp is not None or not d.is_contiguous():
-            # rows written in one pass: the compensation, the transpose and the copy
-            rows = torch.empty(d.shape, dtype=d.dtype, device=d.device)
-            d = rows.copy_(d) if comp is None else torch.mul(d, comp, out=rows)
-        d = d.reshape(-1, d.shape[-1])
+        small = _small_stash(x, d, self.out_scale)
+        if small is not None:  # compensated rows and both abs-maxima in one compiled pass
+            d, x_max, d_max = small
+            x_ok, d_ok = math.isfinite(x_max), math.isfinite(d_max)
+        else:
+            comp = self.update_compensation()
+            if comp is not None or not d.is_contiguous():
+                # rows written in one pass: the compensation, the transpose and the copy
+                rows = torch.empty(d.shape, dtype=d.dtype, device=d.device)
+                d = rows.copy_(d) if comp is None else torch.mul(d, comp, out=rows)
+            d = d.reshape(-1, d.shape[-1])
         if self.needs_rows:
-            if not _all_finite(x):
+            if not (x_ok if small is not None else _all_finite(x)):
                 self._refuse_non_finite("the layer input x stashed for the pulsed update")
-            if not _all_finite(d):
+            if not (d_ok if small is not None else _all_finite(d)):
                 self._refuse_non_finite("the error d (gradient at the layer output) stashed for "
                                         "the pulsed update")
             entry: tuple[Tensor, Tensor | None] = (x, d)
         else:
-            xa, da = x.abs(), d.abs()
+            xa = da = None
+            if small is None:
+                xa, da = x.abs(), d.abs()
+                x_max = float(xa.amax()) if x.numel() else 0.0
+                d_max = float(da.amax()) if d.numel() else 0.0
             # |grad| <= S max|x| max|d|: when that bound is finite (NaN and inf propagate
             # into it) the product is finite, without a pass over the [out, in] product
-            bound = float(xa.amax()) * float(da.amax()) * x.shape[0] if x.numel() \
-                and d.numel() else 0.0
+            bound = x_max * d_max * x.shape[0] if x.numel() and d.numel() else 0.0
             if x.shape[0] == 1 and bound < torch.finfo(x.dtype).max:
                 # one sample: keep its rows; the update forms d x^T (or never writes it)
-                self._stash.append((_RankOne(d.clone(), x.clone()), None))
+                rank_one = _RankOne(d if small is not None else d.clone(), x.clone())
+                self._stash.append((rank_one, None))
                 self._open += 1
                 return
             grad = d.t().mm(x)
@@ -418,7 +429,10 @@ class AnalogTile(nn.Module):
                     "d (gradient at the layer output)"
                 self._refuse_non_finite(f"the update product d x^T (from non-finite {which})")
             # one row: sum_s |d_s| |x_s|^T is |d x^T| itself (the update takes |grad|)
-            abs_product = da.t().mm(xa) if self.needs_abs_product and x.shape[0] > 1 else None
+            abs_product = None
+            if self.needs_abs_product and x.shape[0] > 1:
+                abs_product = (d.abs() if da is None else da).t().mm(
+                    x.abs() if xa is None else xa)
             entry = (grad, abs_product)
         self._stash.append(entry)
         self._open += 1
@@ -516,6 +530,32 @@ class AnalogTile(nn.Module):
         c = self.config
         return (f"{self.out_size}x{self.in_size}, device={c.device.name}, "
                 f"update={c.update.mode}/{c.update.granularity}")
+
+
+SMALL_STASH_MAX = 1 << 17  # rows up to this many values (x and d) stash in one compiled pass
+
+
+def _small_stash(x: Tensor, d: Tensor, scale: Tensor | None
+                 ) -> tuple[Tensor, float, float] | None:
+    """`stash_rows`' compensated rows of float32 CPU rows x [S, in], d [S, out] (contiguous)
+    and max |x|, max |rows| (`_periphery_jit.stash_rows_`: the same values as its torch
+    ops), or None where that does not apply."""
+    if not (x.dim() == 2 and d.dim() == 2 and x.shape[0] == d.shape[0] and x.shape[0] > 0
+            and x.dtype == d.dtype == torch.float32 and x.device.type == d.device.type == "cpu"
+            and x.is_contiguous() and d.is_contiguous()
+            and x.numel() + d.numel() <= SMALL_STASH_MAX
+            and (scale is None or (scale.dtype == torch.float32 and scale.is_contiguous()))):
+        return None
+    kernels = jit.load("_periphery_jit")
+    if kernels is None:
+        return None
+    rows = torch.empty_like(d)
+    s = _EMPTY if scale is None else scale.detach().numpy()
+    x_max, d_max = kernels.stash_rows_(x.numpy(), d.numpy(), s, rows.numpy())
+    return rows, float(x_max), float(d_max)
+
+
+_EMPTY = np.empty(0, np.float32)
 
 
 @dataclass(frozen=True)
