@@ -397,3 +397,29 @@ def test_small_rows_periphery_equals_the_torch_ops_bit_for_bit(io, monkeypatch):
         assert (al is None and ral is None) or _same(al, ral), (shape, "alpha")
         assert _same(out, rout), (shape, "adc")
         assert mvm is None or _same(mvm, rmvm), (shape, "mvm")
+
+
+@pytest.mark.parametrize("route", ["openmp-team", "thread-pool"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=range(len(GEOMETRIES)))
+def test_compiled_patch_absmax_equals_the_max_pool_route(geometry, route, monkeypatch):
+    """The patch maxima in one compiled pass equal the max-pool of the channel maxima bit for
+    bit (strides, dilation, padding, 1xk kernels), NaN and inf included, on torch's team and
+    on the pool."""
+    import analogpipe.tiles.io as io_mod
+    from analogpipe.tiles import rng
+    from analogpipe.tiles.io import PatchGeometry
+
+    if io_mod.jit.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
+    monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
+    ks, st, pad, dil, hw, c, _, n = geometry
+    geo = PatchGeometry(ks, st, pad, dil)
+    x = torch.randn(n, c, *hw, generator=torch.Generator().manual_seed(3))
+    x.view(-1)[::977] = float("nan")
+    x.view(-1)[3::1013] = -float("inf")
+    x[0] = 0.0
+    got = geo.patch_absmax(x)
+    monkeypatch.setattr(io_mod, "SMALL_KERNELS", False)
+    ref = geo.patch_absmax(x)
+    assert got.shape == ref.shape and _same(got, ref)

@@ -12,9 +12,12 @@ drawn by the caller from its torch generator, as those passes draw it.
 import numba
 import numpy as np
 from llvmlite import ir
+from numba import carray
 from numba.core import cgutils
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
+
+from analogpipe.tiles._team_jit import BODY, claim, f32_at
 
 _F = np.float32
 
@@ -294,3 +297,67 @@ def stash_rows_(x, d, s, rows):
         m = _abs_max(out)
         d_max = m if (m > d_max or m != m) and d_max == d_max else d_max
     return x_max, d_max
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def patch_absmax_(x, out, n0, n1, kh, kw, sh, sw, ph, pw, dh, dw):
+    """`PatchGeometry.patch_absmax` of images n0:n1: out[n, oh, ow] (float32 [N, Ho, Wo]) =
+    max |x[n, c, i dh + oh sh - ph, j dw + ow sw - pw]| over the channels and the kernel
+    positions, padding counting as 0 (x: float32 [N, C, H, W]); a NaN when one is there, as
+    the max-pool of the channel maxima gives (maxima of |x| as their IEEE bits: ordered as
+    the values, NaN above inf). The window maximum is taken over columns, then rows."""
+    nc, h, w = x.shape[1], x.shape[2], x.shape[3]
+    ho, wo = out.shape[1], out.shape[2]
+    mask = np.int32(0x7FFFFFFF)
+    m = np.empty((h, w), np.int32)
+    cm = np.empty((h, wo), np.int32)
+    for n in range(n0, n1):
+        xn = x[n]
+        for r in range(h):
+            mr = m[r]
+            for q in range(w):
+                mr[q] = np.int32(0)
+            for c in range(nc):
+                xr = xn[c, r]
+                for q in range(w):
+                    b = _f32_bits(xr[q]) & mask
+                    mr[q] = b if b > mr[q] else mr[q]
+            cr = cm[r]
+            for ow in range(wo):
+                best = np.int32(0)  # the zero padding
+                for j in range(kw):
+                    q = j * dw + ow * sw - pw
+                    if q >= 0 and q < w:
+                        b = mr[q]
+                        best = b if b > best else best
+                cr[ow] = best
+        on = out[n]
+        for oh in range(ho):
+            row = on[oh]
+            for ow in range(wo):
+                row[ow] = _f32_from_bits(np.int32(0))
+            for i in range(kh):
+                r = i * dh + oh * sh - ph
+                if r < 0 or r >= h:
+                    continue
+                cr = cm[r]
+                for ow in range(wo):
+                    b = cr[ow]
+                    if b > _f32_bits(row[ow]):
+                        row[ow] = _f32_from_bits(b)
+
+
+@numba.cfunc(BODY, nogil=True, cache=True, error_model="numpy")
+def patch_absmax_team(data):
+    """`patch_absmax_` as the body of an OpenMP parallel region (`rng.run_team_images`), one
+    image at a time. data (int64): [address of x, N, C, H, W, address of out, Ho, Wo, kh, kw,
+    sh, sw, ph, pw, dh, dw, counter]."""
+    a = carray(data, 17)
+    x = carray(f32_at(a[0]), (a[1], a[2], a[3], a[4]))
+    out = carray(f32_at(a[5]), (a[1], a[6], a[7]))
+    counter = a[16:]
+    while True:
+        i = claim(counter)
+        if i >= a[1]:
+            break
+        patch_absmax_(x, out, i, i + 1, a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15])
