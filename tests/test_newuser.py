@@ -306,10 +306,27 @@ def _float_fields() -> list[str]:
             and f.name not in ("divergence_loss",)]  # inf: never call a run diverged
 
 
-@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 4e38, -1e300])
 @pytest.mark.parametrize("field", _float_fields())
 def test_every_float_setting_refuses_non_finite_values_naming_itself(field, value):
-    """inf, -inf and NaN in any float setting: a ConfigError naming that setting, raised by
-    TrainConfig itself (so the CLI names its flag), not by a layer built from it later."""
+    """inf, -inf, NaN and finite values beyond float32's range (they overflow the float32
+    tensors they act on) in any float setting: a ConfigError naming that setting, raised by
+    TrainConfig itself (so the CLI names its flag), not by torch in a layer later."""
     with pytest.raises(ConfigError, match=rf"^{field.split('_')[0]}"):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: __import__("analogpipe.presets", fromlist=["x"]).paper_config(out_noise=1e300),
+     "io.out_noise"),
+    (lambda: __import__("analogpipe.presets", fromlist=["x"]).paper_config(tau=1e300),
+     "device.w_max"),
+    (lambda: __import__("analogpipe.tiles.io", fromlist=["x"]).IOConfig(out_bound=1e39),
+     "io.out_bound"),
+    (lambda: __import__("analogpipe.tiles.io", fromlist=["x"]).IOConfig(inp_bound=1e39),
+     "io.inp_bound")])
+def test_tile_configs_refuse_values_beyond_float32(make, field):
+    """Periphery and device settings beyond float32's range: a ConfigError naming the
+    setting (inf stays allowed for out_bound: no ADC clip)."""
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        make()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+FLOAT32_MAX = 3.4028234663852886e38  # settings act on float32 tensors: larger ones overflow
+
 
 class ConfigError(ValueError):
     """A setting is out of its allowed range; the message names the field."""

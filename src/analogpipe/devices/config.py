@@ -6,7 +6,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from analogpipe.errors import check
+from analogpipe.errors import FLOAT32_MAX, check
 
 DEVICE_NAMES = ("ideal", "softbounds", "constantstep", "powstep")
 DTOD_FIELDS = ("dw_min_dtod", "w_max_dtod", "w_min_dtod", "up_down_dtod")
@@ -52,8 +52,9 @@ class DeviceConfig:
         check(self.name in DEVICE_NAMES, "device.name", self.name, f"one of {DEVICE_NAMES}")
         for f in ("dw_min", "w_max", "w_min", "up_down", "pow_gamma", "dw_min_std", *DTOD_FIELDS):
             v = getattr(self, f)
-            check(isinstance(v, numbers.Real) and math.isfinite(v), f"device.{f}", v,
-                  "a finite number")
+            check(isinstance(v, numbers.Real) and math.isfinite(v) and abs(v) <= FLOAT32_MAX,
+                  f"device.{f}", v, f"a finite number within float32's range (|v| <= "
+                  f"{FLOAT32_MAX:.4g})")
         check(self.dw_min > 0, "device.dw_min", self.dw_min, "a finite value > 0")
         check(abs(self.up_down) < 1, "device.up_down", self.up_down, "a value in (-1, 1)")
         for f in DTOD_FIELDS:

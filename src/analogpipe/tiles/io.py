@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analogpipe.errors import check
+from analogpipe.errors import FLOAT32_MAX, check
 from analogpipe.tiles import jit, rng
 
 NOISE_MANAGEMENT = ("abs_max", "none")
@@ -56,9 +56,11 @@ class IOConfig:
     def __post_init__(self) -> None:
         check(self.noise_management in NOISE_MANAGEMENT, "io.noise_management",
               self.noise_management, f"one of {NOISE_MANAGEMENT}")
-        check(self.inp_bound > 0 and math.isfinite(self.inp_bound), "io.inp_bound",
-              self.inp_bound, "a finite value > 0")
-        check(self.out_bound > 0, "io.out_bound", self.out_bound, "a value > 0 (inf allowed)")
+        check(0 < self.inp_bound <= FLOAT32_MAX, "io.inp_bound", self.inp_bound,
+              f"a finite value > 0 within float32's range (<= {FLOAT32_MAX:.4g})")
+        check(self.out_bound > 0 and (self.out_bound <= FLOAT32_MAX
+                                      or self.out_bound == math.inf), "io.out_bound",
+              self.out_bound, f"a value > 0, at most {FLOAT32_MAX:.4g} (float32's range) or inf")
         for f in ("inp_res", "out_res"):
             v = getattr(self, f)
             check(v < 1 and math.isfinite(v) and (v <= 0 or v >= res_for_bits(MAX_BITS)),
@@ -67,8 +69,8 @@ class IOConfig:
         check(self.out_res <= 0 or math.isfinite(self.out_bound), "io.out_bound",
               self.out_bound, "a finite value when out_res > 0 (the ADC step is out_res * 2 * "
               "out_bound); set out_res <= 0 for an unquantized, unbounded output")
-        check(self.out_noise >= 0 and math.isfinite(self.out_noise), "io.out_noise",
-              self.out_noise, "a finite value >= 0")
+        check(0 <= self.out_noise <= FLOAT32_MAX, "io.out_noise", self.out_noise,
+              f"a finite value >= 0 within float32's range (<= {FLOAT32_MAX:.4g})")
 
     @classmethod
     def bits(cls, inp_bits: int = 8, out_bits: int = 8, **kw: float) -> IOConfig:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from analogpipe.devices import DEVICE_NAMES, DeviceConfig
-from analogpipe.errors import ConfigError, check
+from analogpipe.errors import FLOAT32_MAX, ConfigError, check
 from analogpipe.optim.delay import DELAY_COMPENSATIONS
 from analogpipe.tiles import IOConfig, MappingConfig, TileConfig, UpdateConfig
 from analogpipe.tiles.io import MAX_BITS, res_for_bits
@@ -119,6 +119,11 @@ class TrainConfig:
             setattr(self, f.name, check_setting_type(f.name, getattr(self, f.name)))
 
     def validate(self) -> None:
+        for f in fields(self):  # every float setting reaches float32 tensors
+            v = getattr(self, f.name)
+            if isinstance(v, float) and f.name != "divergence_loss":  # inf: never diverged
+                check(math.isfinite(v) and abs(v) <= FLOAT32_MAX, f.name, v,
+                      f"a finite value within float32's range (|v| <= {FLOAT32_MAX:.4g})")
         check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
         check(self.scheme in SCHEMES, "scheme", self.scheme, f"one of {SCHEMES}")
         check(self.init in ("default", "he"), "init", self.init, "'default' or 'he'")
