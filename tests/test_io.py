@@ -423,3 +423,40 @@ def test_compiled_patch_absmax_equals_the_max_pool_route(geometry, route, monkey
     monkeypatch.setattr(io_mod, "SMALL_KERNELS", False)
     ref = geo.patch_absmax(x)
     assert got.shape == ref.shape and _same(got, ref)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-37, 1e-39, 1e-45])
+def test_tiny_vectors_give_finite_outputs_on_every_route(scale, monkeypatch):
+    """Inputs whose abs-max is below `alpha_floor` (1.5e-36 for float32, 8-bit DAC) used to
+    overflow the DAC's factor (1 / alpha) / i_step into inf and give NaN outputs. They are
+    now scaled by the floor: finite outputs, within the DAC's resolution of W x at that
+    scale (exactly W x's sign pattern is not promised), zero rows still exactly zero, the
+    same values on the compiled and the torch routes, for rows and for conv patches."""
+    import analogpipe.tiles.io as io_mod
+    from analogpipe.tiles.io import PatchGeometry, alpha_floor, analog_mvm_patches
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(30, 40, generator=g) * 0.1
+    x = torch.rand(4, 40, generator=g) * scale
+    x[2] = 0.0
+    io = IOConfig(out_noise=0.0)
+    floor = alpha_floor(io.inp_step, torch.float32)
+    outs = []
+    for small in (True, False):
+        monkeypatch.setattr(io_mod, "SMALL_KERNELS", small)
+        y = analog_mvm(x, w, io, None)
+        assert torch.isfinite(y).all() and (y[2] == 0).all()
+        outs.append(y)
+    assert _same(*outs)
+    ref = x.double() @ w.double().t()
+    a = torch.maximum(x.abs().amax(1, keepdim=True), torch.tensor(floor)).double()
+    # each input is off by at most half a DAC step of the scale a; the output ADC adds
+    # at most half an output step (out_bound 12 * a * 2 / 254 per unit of y / a)
+    err = (0.5 * io.inp_step * a * w.abs().sum(1).double()[None, :]
+           + 0.5 * io.out_step * a)
+    assert ((outs[0].double() - ref).abs() <= err * 1.01 + 1e-300).all()
+    geo = PatchGeometry((3, 3), (1, 1), (1, 1), (1, 1))
+    xc = torch.rand(2, 3, 6, 6, generator=g) * scale
+    wc = torch.randn(5, 27, generator=g)
+    conv = analog_mvm_patches(xc, geo, None, wc, IOConfig(), torch.Generator().manual_seed(1))
+    assert torch.isfinite(conv).all()

@@ -59,10 +59,11 @@ def _f32_from_bits(typingctx, x):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def dac_rows_(x, out, alpha, i_step, level):
+def dac_rows_(x, out, alpha, i_step, level, floor):
     """The abs-max DAC of every row of x [S, n] (float32, C-contiguous) into out [S, n]:
     alpha[s] = max |x[s, :]| (a NaN when the row holds one, as torch.amax), a = alpha if
-    alpha > 0 else 1, f = (1 / a) / i_step (i_step > 0; else f = 1 / a), then
+    alpha > 0 else 1, where an alpha in (0, floor) is replaced by floor (`io.alpha_floor`;
+    alpha reports it), f = (1 / a) / i_step (i_step > 0; else f = 1 / a), then
     out = rint(x * f) (round half to even; only with i_step > 0), clipped to +-level when
     level > 0. As `io._dac`'s torch ops compute it."""
     one = _F(1.0)
@@ -74,6 +75,8 @@ def dac_rows_(x, out, alpha, i_step, level):
             b = _f32_bits(xs[k]) & mask
             m = b if b > m else m
         a = _f32_from_bits(m)
+        if a > 0 and a < floor:
+            a = floor
         alpha[s] = a
         f = one / (a if a > 0 else one)
         if i_step > 0:
@@ -124,7 +127,7 @@ def adc_rows_(y, z, std, i_step, inv_o, level, o_step, alpha, seg):
 def warm_up() -> None:
     """Compile (or load) the kernels now, so that a build failure shows at loading."""
     x = np.ones((2, 3), np.float32)
-    dac_rows_(x, np.empty_like(x), np.empty(2, np.float32), _F(0.1), _F(0))
+    dac_rows_(x, np.empty_like(x), np.empty(2, np.float32), _F(0.1), _F(0), _F(1e-36))
     adc_rows_(x.reshape(-1), x.reshape(-1).copy(), _F(0.1), _F(0.1), _F(0.5), _F(10),
               _F(2), np.ones(2, np.float32), 3)
 

@@ -279,6 +279,15 @@ def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(w.expand(x.shape[0], *w.shape), x)
 
 
+def alpha_floor(i_step: float, dtype: torch.dtype) -> float:
+    """The smallest abs-max the DAC scales by: the dtype's smallest normal number divided by
+    the input step (or itself without one), so that the factor (1 / alpha) / i_step stays
+    finite. Vectors with a smaller, nonzero abs-max are scaled by this floor instead (fewer
+    DAC levels, a finite output): 1.5e-36 for float32 and 8-bit DACs."""
+    tiny = torch.finfo(dtype).tiny
+    return tiny / i_step if i_step > 0 else tiny
+
+
 def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | None = None,
          out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Input side: (DAC levels x_int = round(x / (alpha * step)), clipped; alpha) with alpha
@@ -294,8 +303,12 @@ def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | 
     if io.noise_management == "abs_max":
         if alpha is None:
             alpha = inp.abs().amax(dim=dim, keepdim=True)
-        # a zero vector stays exactly zero (aihwkit: alpha = 0 gives output 0)
-        inv = torch.where(alpha > 0, alpha, 1.0).reciprocal_()
+        # a vector whose abs-max is below alpha_floor is scaled as if it were the floor (its
+        # factor (1 / alpha) / i_step would overflow, a NaN output); a zero vector keeps
+        # alpha 0 and stays exactly zero (aihwkit: alpha = 0 gives output 0)
+        scaled = alpha.clamp_min(alpha_floor(i_step, inp.dtype))
+        inv = torch.where(alpha > 0, scaled, 1.0).reciprocal_()
+        alpha = torch.where(alpha > 0, scaled, alpha)
         x = torch.mul(inp, inv / i_step if i_step > 0 else inv, out=out)
     else:
         alpha = None
@@ -417,7 +430,8 @@ def _dac_rows(inp: Tensor, io: IOConfig) -> tuple[Tensor, Tensor] | None:
     x = torch.empty_like(inp)
     alpha = torch.empty((inp.shape[0], 1), dtype=inp.dtype)
     kernels.dac_rows_(inp.detach().numpy(), x.numpy(), alpha.view(-1).numpy(),
-                      f32(i_step) if i_step > 0 else f32(0), level)
+                      f32(i_step) if i_step > 0 else f32(0), level,
+                      f32(alpha_floor(i_step, torch.float32)))
     return x, alpha
 
 
