@@ -308,3 +308,18 @@ def test_signals_are_held_while_a_checkpoint_and_its_metrics_are_written():
     finally:
         signal.signal(signal.SIGTERM, old)
     assert seen == ["block end", "delivered"]
+
+
+def test_type_errors_and_late_setting_errors_are_one_line_naming_the_flag(tmp_path):
+    """A flag of the wrong type (argparse's error) is one line like the value errors, not
+    argparse's usage block; errors about a setting found after the settings are read (a
+    negative seed, more stages than the model has blocks) name the flag too. Exit 2, nothing
+    written."""
+    out = tmp_path / "r"
+    for flags, flag in [(["--lr", "abc"], "--lr"), (["--seed", "-1"], "--seed:"),
+                        (["--stages", "99"], "--stages:")]:
+        r = cli("train", "--subset", "64", "--epochs", "1", "--no-progress", *flags,
+                "--out", str(out))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and flag in lines[0], r.stderr
+        assert not out.exists()

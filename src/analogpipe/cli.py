@@ -87,7 +87,10 @@ class _Parser(argparse.ArgumentParser):
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if m:
             message += _suggestion(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
-        super().error(message)
+        # one message, as the commands' own value errors give it (not argparse's usage
+        # block, 20-odd lines for `train`); --help lists the flags
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the "
+                     "flags)\n")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -15,3 +15,9 @@ def check(ok: bool, field: str, value: Any, allowed: str) -> None:
     """Raise ConfigError('<field>=<value> is invalid: allowed <allowed>') unless ok."""
     if not ok:
         raise ConfigError(f"{field}={value!r} is invalid: allowed {allowed}")
+
+
+class NonFiniteUpdateError(FloatingPointError):
+    """NaN or inf in what an analog layer stashed for its update (raised at the backward,
+    naming the layer, before any conductance changes). Also importable from
+    `analogpipe.tiles.tile`."""

@@ -219,6 +219,17 @@ def read_config_file(path: str) -> dict[str, Any]:
     return values
 
 
+def _with_flag(msg: str) -> str:
+    """A message about a setting ("momentum=-1.0 is invalid ...", "stages=9 but ...") with
+    its flag in front ("--momentum: ..."); other messages as they are."""
+    from analogpipe.train.rundir import flag_name
+
+    field = msg.split("=", 1)[0]
+    if field in CONFIG_FIELDS and not msg.startswith("--"):
+        return f"{flag_name(field)}: {msg}"
+    return msg
+
+
 def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """Destinations of the flags written out in `argv` (abbreviations are off, so a flag is
     given exactly when one of its option strings, or `OPTION=...`, is a token)."""
@@ -371,12 +382,7 @@ def main(args: argparse.Namespace) -> int:
             try:
                 cfg = config_from_args(args)
             except ConfigError as exc:
-                from analogpipe.train.rundir import flag_name
-
-                msg = str(exc)
-                field = msg.split("=", 1)[0]
-                if field in CONFIG_FIELDS:  # name the flag too: "--momentum: momentum=-1.0 ..."
-                    msg = f"{flag_name(field)}: {msg}"
+                msg = _with_flag(str(exc))
                 source = getattr(args, "_config_file", None)
                 raise ConfigError(msg + (f" (settings from --config {source} and the flags "
                                          "given)" if source else "")) from None
@@ -397,7 +403,7 @@ def main(args: argparse.Namespace) -> int:
                     check_resume(load_checkpoint(ckpt_path), cfg.to_dict(), ckpt_path)
             setup = build(cfg)
         except (ConfigError, DataError, ValueError) as exc:
-            return fail(str(exc))
+            return fail(_with_flag(str(exc)))
         try:
             if args.processes is not None or args.launcher is not None:
                 from analogpipe.commands import train_dist

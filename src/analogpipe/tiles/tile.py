@@ -38,7 +38,7 @@ from analogpipe.devices import (
     is_symmetric_soft_bounds,
     sample_device_state,
 )
-from analogpipe.errors import ConfigError, check
+from analogpipe.errors import ConfigError, NonFiniteUpdateError, check
 from analogpipe.tiles import jit
 from analogpipe.tiles.io import (
     IOConfig,
@@ -49,12 +49,6 @@ from analogpipe.tiles.io import (
 )
 from analogpipe.tiles.pulses import UpdateConfig, pulsed_update_
 from analogpipe.tiles.updatekernel import softbounds_outer_update_, softbounds_update_
-
-
-class NonFiniteUpdateError(FloatingPointError):
-    """NaN or inf in what an analog layer stashed for its update (raised at the backward,
-    before any conductance changes)."""
-
 
 # fields that do not change the simulated physics (memory/speed budgets): ignored when a saved
 # tile state is compared with the model's config

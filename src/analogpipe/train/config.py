@@ -138,6 +138,8 @@ class TrainConfig:
                   f"a multiple of micro_batch_size={self.micro_batch_size}")
             self.microbatches = self.batch_size // self.micro_batch_size
         check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        check(self.seed >= 0, "seed", self.seed,
+              "an integer >= 0 (the data split and every generator are seeded from it)")
         check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite value > 0")
         ms = self.lr_milestones
         check(all(m >= 1 for m in ms) and all(a < b for a, b in zip(ms, ms[1:])),
