@@ -317,7 +317,7 @@ def test_type_errors_and_late_setting_errors_are_one_line_naming_the_flag(tmp_pa
     written."""
     out = tmp_path / "r"
     for flags, flag in [(["--lr", "abc"], "--lr"), (["--seed", "-1"], "--seed:"),
-                        (["--stages", "99"], "--stages:")]:
+                        (["--stages", "99"], "--stages:"), (["--dw-min", "0.9"], "--dw-min:")]:
         r = cli("train", "--subset", "64", "--epochs", "1", "--no-progress", *flags,
                 "--out", str(out))
         lines = r.stderr.strip().splitlines()

@@ -460,3 +460,8 @@ def test_tiny_vectors_give_finite_outputs_on_every_route(scale, monkeypatch):
     wc = torch.randn(5, 27, generator=g)
     conv = analog_mvm_patches(xc, geo, None, wc, IOConfig(), torch.Generator().manual_seed(1))
     assert torch.isfinite(conv).all()
+    # a DAC step above 1 (a wide input range): the floor stays the smallest normal number
+    for small in (True, False):
+        monkeypatch.setattr(io_mod, "SMALL_KERNELS", small)
+        wide = analog_mvm(x, w, IOConfig(inp_bound=1000.0, out_noise=0.0), None)
+        assert torch.isfinite(wide).all() and (wide[2] == 0).all()

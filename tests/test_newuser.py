@@ -306,12 +306,14 @@ def _float_fields() -> list[str]:
             and f.name not in ("divergence_loss",)]  # inf: never call a run diverged
 
 
-@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 4e38, -1e300])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 4e38, -1e300,
+                                   1e-46])
 @pytest.mark.parametrize("field", _float_fields())
 def test_every_float_setting_refuses_non_finite_values_naming_itself(field, value):
-    """inf, -inf, NaN and finite values beyond float32's range (they overflow the float32
-    tensors they act on) in any float setting: a ConfigError naming that setting, raised by
-    TrainConfig itself (so the CLI names its flag), not by torch in a layer later."""
+    """inf, -inf, NaN, finite values beyond float32's range (they overflow the float32
+    tensors they act on) and nonzero ones that float32 turns into 0, in any float setting: a
+    ConfigError naming that setting, raised by TrainConfig itself (so the CLI names its
+    flag), not by torch in a layer later."""
     with pytest.raises(ConfigError, match=rf"^{field.split('_')[0]}"):
         TrainConfig(**{field: value})
 
@@ -327,3 +329,11 @@ def test_tile_configs_refuse_values_beyond_float32(kind, kw, field):
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         (paper_config if kind == "paper" else IOConfig)(**kw)
+
+
+def test_lr_whose_update_factor_overflows_is_refused():
+    """lr / tau beyond float32's range (each alone within it): refused naming lr, for analog
+    schemes (the soft-bounds update multiplies by lr / tau)."""
+    with pytest.raises(ConfigError, match=r"^lr=.*lr / tau"):
+        TrainConfig(lr=1e37, tau=0.01)
+    TrainConfig(lr=1e37, tau=0.01, scheme="digital")  # no tiles: no such factor

@@ -185,3 +185,13 @@ def test_compiled_stash_equals_the_torch_route(mode, learned, rows, monkeypatch)
     (a, pa), (b, pb) = stashes
     assert torch.equal(a, b)
     assert (pa is None and pb is None) or torch.equal(pa, pb)
+
+
+def test_kernels_leave_factors_beyond_float32_to_torch():
+    """lr / b_max (or lr) beyond float32: the kernels do not run on an inf factor; torch's
+    passes then raise their overflow error, as before the kernels."""
+    w, g = torch.zeros(128, 128), torch.ones(128, 128)
+    assert not updatekernel.softbounds_update_(w, g, 1e37, 0.01, -0.01)
+    assert not updatekernel.softbounds_outer_update_(w, torch.ones(1, 128), torch.ones(1, 128),
+                                                     1e39, 0.8, -0.8)
+    assert torch.equal(w, torch.zeros(128, 128))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 FLOAT32_MAX = 3.4028234663852886e38  # settings act on float32 tensors: larger ones overflow
+FLOAT32_TRUE_MIN = 1.401298464324817e-45  # and nonzero ones below this turn 0
 
 
 class ConfigError(ValueError):

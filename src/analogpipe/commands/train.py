@@ -225,9 +225,16 @@ def _with_flag(msg: str) -> str:
     from analogpipe.train.rundir import flag_name
 
     field = msg.split("=", 1)[0]
+    field = _TILE_FIELDS.get(field, field)
     if field in CONFIG_FIELDS and not msg.startswith("--"):
         return f"{flag_name(field)}: {msg}"
     return msg
+
+
+# the tile settings that train's flags set (their checks name the tile's field)
+_TILE_FIELDS = {"device.w_max": "tau", "device.w_max (tau)": "tau", "device.w_min": "tau",
+                "device.dw_min": "dw_min", "io.out_noise": "out_noise",
+                "mapping.weight_scaling_omega": "omega"}
 
 
 def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:

@@ -281,11 +281,12 @@ def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
 
 def alpha_floor(i_step: float, dtype: torch.dtype) -> float:
     """The smallest abs-max the DAC scales by: the dtype's smallest normal number divided by
-    the input step (or itself without one), so that the factor (1 / alpha) / i_step stays
-    finite. Vectors with a smaller, nonzero abs-max are scaled by this floor instead (fewer
-    DAC levels, a finite output): 1.5e-36 for float32 and 8-bit DACs."""
-    tiny = torch.finfo(dtype).tiny
-    return tiny / i_step if i_step > 0 else tiny
+    the input step where that is below 1 (else the smallest normal itself), so that the
+    factor (1 / alpha) / i_step stays finite. Vectors with a smaller, nonzero abs-max are
+    scaled by this floor instead (fewer DAC levels, a finite output): 1.5e-36 for float32
+    and 8-bit DACs."""
+    tiny = torch.finfo(dtype).tiny  # 1 / floor is finite, and so is (1 / floor) / i_step
+    return tiny / min(i_step, 1.0) if i_step > 0 else tiny
 
 
 def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | None = None,

@@ -36,7 +36,7 @@ from analogpipe.devices import (
     is_symmetric_soft_bounds,
 )
 from analogpipe.devices.response import pair_tables
-from analogpipe.errors import check
+from analogpipe.errors import FLOAT32_MAX, check
 from analogpipe.tiles import jit, pulsekernel
 from analogpipe.tiles.rng import run_parts
 
@@ -104,8 +104,9 @@ def _compiled_probabilities(x: Tensor, d: Tensor, lr: float, dw_min: float,
                 and t.is_contiguous())
 
     if not (rows(x) and rows(d) and x.shape[0] == d.shape[0] and x.shape[0] > 0
-            and x.numel() + d.numel() <= COMPILED_MAX):
-        return None
+            and x.numel() + d.numel() <= COMPILED_MAX
+            and abs(lr) <= FLOAT32_MAX and abs(dw_min) <= FLOAT32_MAX):
+        return None  # (settings beyond float32: torch's ops raise their overflow error)
     kernels = jit.load("_periphery_jit")
     if kernels is None:
         return None

@@ -30,10 +30,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from analogpipe.errors import FLOAT32_MAX
 from analogpipe.tiles import jit, rng
 
 KERNEL_MIN = 1 << 12  # weights from this count take the compiled pass (below: torch's ops)
 BLOCK = 64  # parts of the gradient form are multiples of this many elements
+
+
+def _scalars_fit(lr: float, b_max: float) -> bool:
+    """Whether -lr / b_max and -lr fit float32 (else torch's passes raise their overflow
+    error, and the kernels must not run on an inf factor instead)."""
+    return abs(lr) <= FLOAT32_MAX and abs(lr / b_max) <= FLOAT32_MAX
 
 
 def _kernels_for(*tensors: Tensor) -> ModuleType | None:
@@ -56,7 +63,7 @@ def softbounds_update_(w: Tensor, grad: Tensor, lr: float, b_max: float, b_min: 
     """W updated in place by -lr * grad with |dW| = lr * |grad|, clipped to [b_min, b_max].
     w, grad: [out, in]. False: not run."""
     kernels = _kernels_for(w, grad)
-    if kernels is None or grad.shape != w.shape:
+    if kernels is None or grad.shape != w.shape or not _scalars_fit(lr, b_max):
         return False
     wf, gf = w.detach().view(-1).numpy(), grad.detach().view(-1).numpy()
     scalars = _scalars(lr, b_max, b_min)
@@ -76,7 +83,8 @@ def softbounds_outer_update_(w: Tensor, d: Tensor, x: Tensor, lr: float, b_max: 
     """`softbounds_update_` for the gradient d x^T of one sample (d [out], x [in]; w
     [out, in]), without forming it. False: not run."""
     kernels = _kernels_for(w, d, x)
-    if kernels is None or w.dim() != 2 or tuple(w.shape) != (d.numel(), x.numel()):
+    if kernels is None or w.dim() != 2 or tuple(w.shape) != (d.numel(), x.numel()) or \
+            not _scalars_fit(lr, b_max):
         return False
     wf = w.detach().view(-1).numpy()
     df, xf = d.detach().reshape(-1).numpy(), x.detach().reshape(-1).numpy()

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from analogpipe.devices import DEVICE_NAMES, DeviceConfig
-from analogpipe.errors import FLOAT32_MAX, ConfigError, check
+from analogpipe.errors import FLOAT32_MAX, FLOAT32_TRUE_MIN, ConfigError, check
 from analogpipe.optim.delay import DELAY_COMPENSATIONS
 from analogpipe.tiles import IOConfig, MappingConfig, TileConfig, UpdateConfig
 from analogpipe.tiles.io import MAX_BITS, res_for_bits
@@ -122,8 +122,10 @@ class TrainConfig:
         for f in fields(self):  # every float setting reaches float32 tensors
             v = getattr(self, f.name)
             if isinstance(v, float) and f.name != "divergence_loss":  # inf: never diverged
-                check(math.isfinite(v) and abs(v) <= FLOAT32_MAX, f.name, v,
-                      f"a finite value within float32's range (|v| <= {FLOAT32_MAX:.4g})")
+                check(math.isfinite(v) and abs(v) <= FLOAT32_MAX
+                      and (v == 0 or abs(v) >= FLOAT32_TRUE_MIN), f.name, v,
+                      f"a finite value float32 holds (0, or {FLOAT32_TRUE_MIN:.4g} <= |v| <= "
+                      f"{FLOAT32_MAX:.4g})")
         check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
         check(self.scheme in SCHEMES, "scheme", self.scheme, f"one of {SCHEMES}")
         check(self.init in ("default", "he"), "init", self.init, "'default' or 'he'")
@@ -161,6 +163,9 @@ class TrainConfig:
         check(self.device_model in DEVICE_NAMES, "device_model", self.device_model,
               f"one of {DEVICE_NAMES}")
         check(self.tau > 0 and math.isfinite(self.tau), "tau", self.tau, "a finite value > 0")
+        check(not self.analog or self.lr / self.tau <= FLOAT32_MAX, "lr", self.lr,
+              f"a value with lr / tau <= {FLOAT32_MAX:.4g} (tau={self.tau}: the update's "
+              "factor lr / tau must fit float32)")
         check(self.io_bits == 0 or 2 <= self.io_bits <= MAX_BITS, "io_bits", self.io_bits,
               f"0 (perfect periphery) or an integer in [2, {MAX_BITS}]")
         check(self.out_noise >= 0 and math.isfinite(self.out_noise), "out_noise",
