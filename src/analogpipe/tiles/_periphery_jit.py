@@ -11,51 +11,14 @@ drawn by the caller from its torch generator, as those passes draw it.
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import carray
-from numba.core import cgutils
-from numba.core import types as _types
-from numba.extending import intrinsic as _intrinsic
 
 from analogpipe.tiles._team_jit import BODY, claim, f32_at
+from analogpipe.tiles._team_jit import f32_bits as _f32_bits
+from analogpipe.tiles._team_jit import f32_from_bits as _f32_from_bits
+from analogpipe.tiles._team_jit import fma as _fma
 
 _F = np.float32
-
-
-@_intrinsic
-def _fma(typingctx, a, b, c):
-    """a * b + c with one rounding (llvm.fma), as torch's vectorized `add_(z, alpha=s)`."""
-    sig = a(a, b, c)
-
-    def codegen(context, builder, signature, args):
-        ty = args[0].type
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3),
-                                            "llvm.fma.f32")
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
-@_intrinsic
-def _f32_bits(typingctx, x):
-    """The IEEE bits of a float32 as int32."""
-    sig = _types.int32(_types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return sig, codegen
-
-
-@_intrinsic
-def _f32_from_bits(typingctx, x):
-    """The float32 with the given IEEE bits."""
-    sig = _types.float32(_types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -199,6 +162,21 @@ def _fires(u, p, n, words):
 
 
 @numba.njit(inline="always", error_model="numpy")
+def _fired(f):
+    """(indices, count): the elements of f [n, words] whose train fires in some slot."""
+    idx = np.empty(f.shape[0], np.int64)
+    count = 0
+    for j in range(f.shape[0]):
+        hit = np.uint64(0)
+        for k in range(f.shape[1]):
+            hit |= f[j, k]
+        if hit != 0:
+            idx[count] = j
+            count += 1
+    return idx, count
+
+
+@numba.njit(inline="always", error_model="numpy")
 def _popcount(v):
     v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
     v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
@@ -221,24 +199,8 @@ def one_sample_update_(w, x, d, p_x, p_d, u_x, u_d, f_mul, f_add):
     words = (bl + 63) // 64
     fx = _fires(u_x, p_x, n_in, words)
     fd = _fires(u_d, p_d, n_out, words)
-    cols = np.empty(n_in, np.int64)
-    rows = np.empty(n_out, np.int64)
-    nc = 0
-    for j in range(n_in):
-        hit = np.uint64(0)
-        for k in range(words):
-            hit |= fx[j, k]
-        if hit != 0:
-            cols[nc] = j
-            nc += 1
-    nr = 0
-    for i in range(n_out):
-        hit = np.uint64(0)
-        for k in range(words):
-            hit |= fd[i, k]
-        if hit != 0:
-            rows[nr] = i
-            nr += 1
+    cols, nc = _fired(fx)
+    rows, nr = _fired(fd)
     if nr * nc * 2 <= n_in * n_out:
         if nr == 0 or nc == 0:
             return 0

@@ -4,39 +4,16 @@
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import carray
-from numba.core import types as _types
-from numba.extending import intrinsic as _intrinsic
 
 from analogpipe.tiles._splitmix_jit import GOLD
 from analogpipe.tiles._splitmix_jit import mix as _mix
 from analogpipe.tiles._team_jit import BODY, claim, f32_at
+from analogpipe.tiles._team_jit import f32_bits as _f32_bits
+from analogpipe.tiles._team_jit import f32_from_bits as _f32_from_bits
 
 _LOW24 = np.uint64(0xFFFFFF)
 BLOCK = 1024  # pairs per block: a block of 2 BLOCK values holds the cosines, then the sines
-
-
-@_intrinsic
-def _f32_bits(typingctx, x):
-    """The IEEE bits of a float32 as int32."""
-    sig = _types.int32(_types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return sig, codegen
-
-
-@_intrinsic
-def _f32_from_bits(typingctx, x):
-    """The float32 with the given IEEE bits."""
-    sig = _types.float32(_types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
 
 
 _F = np.float32

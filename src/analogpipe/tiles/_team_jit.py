@@ -1,8 +1,10 @@
-"""Helpers of the compiled team bodies (`*_team` cfuncs, run by `analogpipe.tiles.rng.run_team`
-as parallel regions of torch's OpenMP threads): a shared work counter and typed pointers from
-the addresses in a body's int64 argument array."""
+"""Helpers of the compiled kernels: for the team bodies (`*_team` cfuncs, run by
+`analogpipe.tiles.rng.run_team` as parallel regions of torch's OpenMP threads) a shared work
+counter and typed pointers from the addresses in a body's int64 argument array; for every
+kernel the float32 bit casts and the fused multiply-add."""
 
 from llvmlite import ir
+from numba.core import cgutils
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 
@@ -38,3 +40,40 @@ f32_at = _pointer(_types.float32, ir.FloatType())  # the float32 pointer at an a
 f64_at = _pointer(_types.float64, ir.DoubleType())
 i32_at = _pointer(_types.int32, ir.IntType(32))
 i64_at = _pointer(_types.int64, ir.IntType(64))
+
+
+@_intrinsic
+def f32_bits(typingctx, x):
+    """The IEEE bits of a float32 as int32."""
+    sig = _types.int32(_types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@_intrinsic
+def f32_from_bits(typingctx, x):
+    """The float32 with the given IEEE bits."""
+    sig = _types.float32(_types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@_intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c with one rounding (llvm.fma; float32 or float64), as torch's CPU kernels
+    compute `add_(z, alpha=s)` and contracted products."""
+    sig = a(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        name = "llvm.fma.f32" if ty == ir.FloatType() else "llvm.fma.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+        return builder.call(fn, args)
+
+    return sig, codegen

@@ -12,38 +12,17 @@ Every element is computed as torch's three in-place passes compute it on the CPU
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import carray
-from numba.core import cgutils
-from numba.core import types as _types
-from numba.extending import intrinsic as _intrinsic
 
-from analogpipe.tiles._team_jit import BODY, claim, f32_at
+from analogpipe.tiles._team_jit import BODY, claim, f32_at, f32_from_bits
+from analogpipe.tiles._team_jit import fma as _fma
 
 
-@_intrinsic
-def _fma(typingctx, a, b, c):
-    """a * b + c with one rounding (llvm.fma)."""
-    sig = a(a, b, c)
-
-    def codegen(context, builder, signature, args):
-        ty = args[0].type
-        name = "llvm.fma.f32" if ty == ir.FloatType() else "llvm.fma.f64"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
-@_intrinsic
-def _f32_from_bits(typingctx, x):
-    """The float32 with the given IEEE bits."""
-    sig = _types.float32(_types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
+@numba.njit(inline="always", error_model="numpy")
+def _scalars(a, i):
+    """(c, -lr, b_min, b_max): the float32 values whose bits are a[i:i + 4]."""
+    f = f32_from_bits
+    return f(np.int32(a[i])), f(np.int32(a[i + 1])), f(np.int32(a[i + 2])), f(np.int32(a[i + 3]))
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -88,8 +67,7 @@ def softbounds_team(data):
     n = a[2]
     w = carray(f32_at(a[0]), (n,))
     g = carray(f32_at(a[1]), (n,))
-    f = _f32_from_bits
-    c, mlr, lo, hi = f(np.int32(a[3])), f(np.int32(a[4])), f(np.int32(a[5])), f(np.int32(a[6]))
+    c, mlr, lo, hi = _scalars(a, 3)
     blocks = (n + a[7] - 1) // a[7]
     parts = a[8]
     counter = a[9:]
@@ -112,8 +90,7 @@ def softbounds_outer_team(data):
     w = carray(f32_at(a[0]), (rows * cols,))
     d = carray(f32_at(a[1]), (rows,))
     x = carray(f32_at(a[2]), (cols,))
-    f = _f32_from_bits
-    c, mlr, lo, hi = f(np.int32(a[5])), f(np.int32(a[6])), f(np.int32(a[7])), f(np.int32(a[8]))
+    c, mlr, lo, hi = _scalars(a, 5)
     parts = a[9]
     counter = a[10:]
     while True:
