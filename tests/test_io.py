@@ -465,3 +465,80 @@ def test_tiny_vectors_give_finite_outputs_on_every_route(scale, monkeypatch):
         monkeypatch.setattr(io_mod, "SMALL_KERNELS", small)
         wide = analog_mvm(x, w, IOConfig(inp_bound=1000.0, out_noise=0.0), None)
         assert torch.isfinite(wide).all() and (wide[2] == 0).all()
+
+
+def _dac_torch_factors(alpha, io):
+    """`_dac`'s torch ops on given abs-maxima: (floored alpha, factor), restated here."""
+    from analogpipe.tiles.io import alpha_floor
+
+    scaled = alpha.clamp_min(alpha_floor(io.inp_step, alpha.dtype))
+    inv = torch.where(alpha > 0, scaled, 1.0).reciprocal_()
+    return torch.where(alpha > 0, scaled, alpha), inv / io.inp_step if io.inp_step > 0 else inv
+
+
+_DAC_CONFIGS = [IOConfig(), IOConfig(inp_bound=0.5), IOConfig(inp_res=0, inp_bound=0.25),
+                IOConfig.bits(4, 8), IOConfig(inp_bound=1000.0)]
+
+
+@pytest.mark.parametrize("route", ["openmp-team", "thread-pool"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=range(len(GEOMETRIES)))
+def test_compiled_conv_dac_factors_and_error_dac_equal_the_torch_ops(geometry, route,
+                                                                      monkeypatch):
+    """The conv DACs' compiled passes give the torch ops' values bit for bit (NaN payloads
+    aside), NaN, inf, -0, all-zero and tiny (below `alpha_floor`) patches and pixels
+    included, over DAC resolutions and bounds: the patches' alpha and factor formed with
+    their maxima, and the zero-padded input copied in the same pass
+    (`PatchGeometry.dac_factors`), and so the forward MVM of every patch; the
+    errors' DAC of columns (`_dac_columns`: abs-maxima, factors and levels) and so the conv
+    backward; on torch's team and on the pool."""
+    import analogpipe.tiles.io as io_mod
+    from analogpipe.tiles import rng
+    from analogpipe.tiles.io import (
+        PatchGeometry,
+        _dac,
+        _dac_columns,
+        analog_mvm_fold,
+        analog_mvm_patches,
+    )
+
+    if io_mod.jit.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
+    monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
+    ks, st, pad, dil, hw, c, out, n = geometry
+    geo = PatchGeometry(ks, st, pad, dil)
+    ho, wo = geo.output_hw(*hw)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(n, c, *hw, generator=g)
+    x.view(-1)[::977] = float("nan")
+    x.view(-1)[3::1013] = -float("inf")
+    x.view(-1)[5::7] = -0.0
+    x[0] = 0.0
+    x[1] *= 1e-37  # below the floor
+    w = torch.randn(out, c * ks[0] * ks[1], generator=g) * 0.3
+    d = torch.randn(n, out, ho * wo, generator=g)
+    d[0, 0, 0], d[0, 1, 1], d[1, 2, 2] = float("nan"), float("inf"), -float("inf")
+    d[1, :, 3] = 0.0
+    d[2] *= 1e-38
+    d.view(-1)[9::11] = -0.0
+    for io in _DAC_CONFIGS:
+        alpha, fac, xp = geo.dac_factors(x, io)
+        assert (xp is None) == (pad == (0, 0))
+        assert xp is None or _same(xp, torch.nn.functional.pad(x, (pad[1], pad[1], pad[0],
+                                                                     pad[0])))
+        monkeypatch.setattr(io_mod, "DAC_FACTOR_KERNELS", False)
+        ref_alpha, ref_fac = _dac_torch_factors(geo.patch_absmax(x), io)
+        assert _same(alpha, ref_alpha) and _same(fac, ref_fac), io
+        fwd_ref = analog_mvm_patches(x, geo, None, w, io, torch.Generator().manual_seed(1))
+        bwd_ref = analog_mvm_fold(d, geo, hw, w, io, torch.Generator().manual_seed(2))
+        lv_ref, al_ref = _dac(d, io, -2)
+        monkeypatch.setattr(io_mod, "DAC_FACTOR_KERNELS", True)
+        assert _same(analog_mvm_patches(x, geo, None, w, io,
+                                        torch.Generator().manual_seed(1)), fwd_ref), io
+        assert _same(analog_mvm_fold(d, geo, hw, w, io, torch.Generator().manual_seed(2)),
+                     bwd_ref), io
+        levels, al = _dac_columns(d, io)
+        assert _same(levels, lv_ref) and _same(al, al_ref), io
+    assert geo.dac_factors(x, IOConfig(noise_management="none")) is None
+    assert _dac_columns(d, IOConfig(noise_management="none")) is None
+    assert _dac_columns(d.double(), IOConfig()) is None

@@ -195,3 +195,107 @@ def test_kernels_leave_factors_beyond_float32_to_torch():
     assert not updatekernel.softbounds_outer_update_(w, torch.ones(1, 128), torch.ones(1, 128),
                                                      1e39, 0.8, -0.8)
     assert torch.equal(w, torch.zeros(128, 128))
+
+
+@pytest.mark.parametrize("learned", [True, False])
+@pytest.mark.parametrize("with_abs", [True, False])
+def test_compiled_products_stash_equals_the_torch_ops(learned, with_abs, monkeypatch):
+    """`stash_products` with output scales (learned or a fixed mapping; a zero scale and one
+    whose square underflows among them): the compensation in one compiled pass
+    (`_periphery_jit.scale_products_`) stashes the values of the torch ops bit for bit, -0
+    and subnormals included, and both routes refuse a product sum holding NaN or inf, or
+    overflowing to inf once compensated (a NaN in the abs product alone is not checked, on
+    either route)."""
+    from analogpipe.tiles import tile as tile_mod
+    from analogpipe.tiles.tile import MappingConfig
+
+    if jit.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    cfg = TileConfig(device=_device(), update=UpdateConfig(mode="expected"),
+                     mapping=MappingConfig(weight_scaling_omega=0.4, learn_out_scaling=learned))
+    g = torch.Generator().manual_seed(5)
+    grad = torch.randn(48, 90, generator=g) * 3
+    grad[2, ::3] = -0.0
+    grad[4] = 1e-38  # at the subnormal range
+    grad[6] = 1e-3  # times 1 / (3e-19)^2 = 1.1e37: large, finite
+    prod = grad.abs() + torch.rand(48, 90, generator=g)
+    stashes = []
+    for compiled in (True, False):
+        monkeypatch.setattr(tile_mod, "SMALL_PRODUCTS", compiled)
+        t = AnalogTile(48, 90, cfg, 0)
+        t.set_weights(torch.rand(48, 90, generator=torch.Generator().manual_seed(1)) - 0.5)
+        t.out_scale.data[3] = 0.0
+        t.out_scale.data[5] = 1e-23  # s^2 underflows to 0: no compensation
+        t.out_scale.data[6] = 3e-19
+        assert (tile_mod._small_products(grad, prod, t.out_scale) is not None) == compiled
+        t.stash_products(grad, prod if with_abs else None)
+        stashes.append(t._stash[0])
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            gb = grad.clone()
+            gb[7, 11] = bad
+            with pytest.raises(NonFiniteUpdateError):
+                t.stash_products(gb, prod if with_abs else None)
+        gb = grad.clone()
+        gb[6, 0] = 100.0  # 1.1e37 * 100: inf once compensated
+        with pytest.raises(NonFiniteUpdateError):
+            t.stash_products(gb, prod if with_abs else None)
+        pb = prod.clone()
+        pb[0, 0] = float("nan")
+        t.stash_products(grad, pb)
+        assert len(t._stash) == 2
+    (ga, pa), (gb_, pb_) = stashes
+    assert torch.equal(ga.view(torch.int32), gb_.view(torch.int32))
+    assert ga[6].abs().max() > 1e30
+    assert (pa is None and pb_ is None) or torch.equal(pa.view(torch.int32),
+                                                      pb_.view(torch.int32))
+
+
+@pytest.mark.parametrize("mode", ["expected", "pulsed"])
+def test_conv_training_steps_equal_with_and_without_the_conv_passes(mode, monkeypatch):
+    """Two training steps of a small ResNet (conv layers, learned output scales): the
+    compiled conv DAC passes and products stash (`io.DAC_FACTOR_KERNELS`,
+    `tile.SMALL_PRODUCTS`) leave every output and every state value as the torch ops give
+    them, bit for bit."""
+    import torch.nn.functional as F
+
+    from analogpipe.models import resnet10
+    from analogpipe.nn.layers import convert_to_analog
+    from analogpipe.optim.analog_sgd import AnalogSGD
+    from analogpipe.presets import paper_config
+    from analogpipe.tiles import io as io_mod
+    from analogpipe.tiles import tile as tile_mod
+
+    if jit.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    runs = []
+    for compiled in (True, False):
+        monkeypatch.setattr(io_mod, "DAC_FACTOR_KERNELS", compiled)
+        monkeypatch.setattr(tile_mod, "SMALL_PRODUCTS", compiled)
+        torch.manual_seed(0)
+        model = convert_to_analog(resnet10(num_classes=10, width=8),
+                                  paper_config(update=mode), seed=0).train()
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)
+        opt = AnalogSGD(model, lr=0.1)
+        outs = []
+        for _ in range(2):
+            opt.zero_grad()
+            out = model(x)
+            F.cross_entropy(out, y).backward()
+            opt.step()
+            outs.append(out.detach())
+        runs.append((outs, model.state_dict()))
+    (oa, sa), (ob, sb) = runs
+    assert all(torch.equal(a, b) for a, b in zip(oa, ob))
+    assert _equal_state(sa, sb)
+
+
+def _equal_state(a, b) -> bool:
+    """Tensors equal (torch.equal) and everything else equal, through dicts and lists."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal_state(u, v) for u, v in zip(a, b))
+    return a == b

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analogpipe.errors import ConfigError, check
-from analogpipe.tiles.io import PatchGeometry
+from analogpipe.tiles.io import PatchGeometry, compiled_column_dac
 from analogpipe.tiles.tile import AnalogTile, TileConfig
 from analogpipe.tiles.transfer import make_tile
 
@@ -174,7 +174,7 @@ class _ConvFn(torch.autograd.Function):
         # every patch through the periphery: the im2col copy and the DAC scaling in one pass,
         # the patch maxima from a max-pool of the channel maxima (9x less to read)
         y = tile.forward_patches(x, layer.geometry, None).view(n, tile.out_size, ho, wo)
-        return y if bias is None else y + bias[None, :, None, None]
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
 
     @staticmethod
     def backward(ctx, d: Tensor):  # type: ignore[override]
@@ -195,12 +195,15 @@ class _ConvFn(torch.autograd.Function):
             if need_x:
                 # errors as columns [N, out, L]; W^T d per output pixel through the periphery,
                 # on the current weights, summed onto the input grid. |d| serves the DAC's
-                # abs-max and the update's abs product alike
-                if d_abs is not None and tile.config.backward.noise_management == "abs_max":
+                # abs-max and the update's abs product alike on the torch route of the
+                # abs product (the compiled column DAC takes its own in the same pass)
+                cols, io = d.flatten(2), tile.config.backward
+                if d_abs is not None and io.noise_management == "abs_max" and \
+                        not compiled_column_dac(cols, io):
                     alpha = d_abs.flatten(2).amax(1, keepdim=True)
                 else:
                     alpha = None
-                dx = tile.backward_patches(d.flatten(2), layer.geometry, x.shape[-2:], alpha)
+                dx = tile.backward_patches(cols, layer.geometry, x.shape[-2:], alpha)
             if need_b:
                 db = d.sum((0, 2, 3))
         if tile.needs_rows:
@@ -325,8 +328,8 @@ class AnalogConv2d(nn.Module):
         scale = self.tile.out_scale
         if scale is None:
             return _ConvFn.apply(x, self.bias, self._anchor, self)
-        y = _ConvFn.apply(x, None, self._anchor, self) * scale[None, :, None, None]
-        return y if self.bias is None else y + self.bias[None, :, None, None]
+        y = _ConvFn.apply(x, None, self._anchor, self) * scale.view(1, -1, 1, 1)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

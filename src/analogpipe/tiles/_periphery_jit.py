@@ -29,7 +29,6 @@ def dac_rows_(x, out, alpha, i_step, level, floor):
     alpha reports it), f = (1 / a) / i_step (i_step > 0; else f = 1 / a), then
     out = rint(x * f) (round half to even; only with i_step > 0), clipped to +-level when
     level > 0. As `io._dac`'s torch ops compute it."""
-    one = _F(1.0)
     mask = np.int32(0x7FFFFFFF)
     for s in range(x.shape[0]):
         xs = x[s]
@@ -37,22 +36,109 @@ def dac_rows_(x, out, alpha, i_step, level, floor):
         for k in range(xs.shape[0]):  # |x| bits: ordered as the values, NaN above inf
             b = _f32_bits(xs[k]) & mask
             m = b if b > m else m
-        a = _f32_from_bits(m)
-        if a > 0 and a < floor:
-            a = floor
+        a, f = _dac_factor(_f32_from_bits(m), i_step, floor)
         alpha[s] = a
-        f = one / (a if a > 0 else one)
-        if i_step > 0:
-            f = f / i_step
         os_ = out[s]
         for k in range(xs.shape[0]):
-            v = xs[k] * f
-            if i_step > 0:
-                v = np.rint(v)
-            if level > 0:
-                v = -level if v < -level else v
-                v = level if v > level else v
-            os_[k] = v
+            os_[k] = _dac_level(xs[k] * f, i_step, level)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _dac_factor(a, i_step, floor):
+    """(alpha, f) of a vector whose abs-max is a, as `io._dac`'s torch ops form them: an a in
+    (0, floor) is replaced by floor (`io.alpha_floor`), a NaN or 0 stays; f = (1 / a) / i_step
+    for a > 0, else 1 / i_step (without i_step > 0: no division)."""
+    one = _F(1.0)
+    if a > 0 and a < floor:
+        a = floor
+    f = one / (a if a > 0 else one)
+    if i_step > 0:
+        f = f / i_step
+    return a, f
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _dac_level(v, i_step, level):
+    """A scaled input v as a DAC level: rint (half to even; only with i_step > 0), clipped to
+    +-level where level > 0 (NaN stays NaN, as in torch.clamp)."""
+    if i_step > 0:
+        v = np.rint(v)
+    if level > 0:
+        v = -level if v < -level else v
+        v = level if v > level else v
+    return v
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def dac_columns_(d, x, alpha, n0, n1, i_step, level, floor):
+    """The abs-max DAC of every column of images n0:n1 of d [N, C, L] (float32, C-contiguous;
+    a column: the C values of one pixel, as `io._dac(d, io, -2)` takes them) into x [N, C, L]
+    and alpha [N, L]: per column, alpha and f from its abs-max as in `dac_rows_`, then
+    x = the DAC level of d * f. The same values as the torch ops."""
+    nc, n_l = d.shape[1], d.shape[2]
+    mask = np.int32(0x7FFFFFFF)
+    m = np.empty(n_l, np.int32)
+    f = np.empty(n_l, np.float32)
+    for n in range(n0, n1):
+        dn, xn, an = d[n], x[n], alpha[n]
+        for q in range(n_l):
+            m[q] = np.int32(0)
+        for c in range(nc):
+            row = dn[c]
+            for q in range(n_l):
+                b = _f32_bits(row[q]) & mask
+                m[q] = b if b > m[q] else m[q]
+        for q in range(n_l):
+            an[q], f[q] = _dac_factor(_f32_from_bits(m[q]), i_step, floor)
+        for c in range(nc):
+            row, out = dn[c], xn[c]
+            for q in range(n_l):
+                out[q] = _dac_level(row[q] * f[q], i_step, level)
+
+
+@numba.cfunc(BODY, nogil=True, cache=True, error_model="numpy")
+def dac_columns_team(data):
+    """`dac_columns_` as the body of an OpenMP parallel region (`rng.run_team_images`), one
+    image at a time. data (int64; float32 values as their bits): [address of d, N, C, L,
+    address of x, address of alpha, i_step, level, floor, counter]."""
+    a = carray(data, 10)
+    shape = (a[1], a[2], a[3])
+    d = carray(f32_at(a[0]), shape)
+    x = carray(f32_at(a[4]), shape)
+    alpha = carray(f32_at(a[5]), (a[1], a[3]))
+    counter = a[9:]
+    f = _f32_from_bits
+    while True:
+        i = claim(counter)
+        if i >= a[1]:
+            break
+        dac_columns_(d, x, alpha, i, i + 1, f(np.int32(a[6])), f(np.int32(a[7])),
+                     f(np.int32(a[8])))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def scale_products_(grad, prod, s, out_grad, out_prod):
+    """`AnalogTile.stash_products`' compensation of float32 products grad, prod [out, in]
+    (prod may be empty [0, 0]) by c[i] = 1 / (s_i s_i) where s_i s_i > 0 else 1 (s: the output
+    scales [out]) into out_grad, out_prod, as its torch ops form them. Returns whether every
+    element of out_grad is finite."""
+    one = _F(1.0)
+    has_prod = prod.shape[0] > 0
+    inf_bits = np.int32(0x7F800000)
+    bad = False
+    for i in range(grad.shape[0]):
+        s2 = s[i] * s[i]
+        c = one / s2 if s2 > 0 else one
+        g, og = grad[i], out_grad[i]
+        for j in range(g.shape[0]):
+            v = g[j] * c
+            og[j] = v
+            bad = bad | ((_f32_bits(v) & inf_bits) == inf_bits)  # NaN or inf
+        if has_prod:
+            p, op = prod[i], out_prod[i]
+            for j in range(p.shape[0]):
+                op[j] = p[j] * c
+    return not bad
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -93,6 +179,7 @@ def warm_up() -> None:
     dac_rows_(x, np.empty_like(x), np.empty(2, np.float32), _F(0.1), _F(0), _F(1e-36))
     adc_rows_(x.reshape(-1), x.reshape(-1).copy(), _F(0.1), _F(0.1), _F(0.5), _F(10),
               _F(2), np.ones(2, np.float32), 3)
+    scale_products_(x, x, np.ones(2, np.float32), np.empty_like(x), np.empty_like(x))
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -265,19 +352,34 @@ def stash_rows_(x, d, s, rows):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def patch_absmax_(x, out, n0, n1, kh, kw, sh, sw, ph, pw, dh, dw):
+def patch_absmax_(x, out, n0, n1, kh, kw, sh, sw, ph, pw, dh, dw, fac, i_step, floor, xp):
     """`PatchGeometry.patch_absmax` of images n0:n1: out[n, oh, ow] (float32 [N, Ho, Wo]) =
     max |x[n, c, i dh + oh sh - ph, j dw + ow sw - pw]| over the channels and the kernel
     positions, padding counting as 0 (x: float32 [N, C, H, W]); a NaN when one is there, as
     the max-pool of the channel maxima gives (maxima of |x| as their IEEE bits: ordered as
-    the values, NaN above inf). The window maximum is taken over columns, then rows."""
+    the values, NaN above inf). The window maximum is taken over columns, then rows.
+    With a non-empty fac [N, Ho, Wo]: out holds the DAC's alpha and fac its factor f of every
+    patch instead (`_dac_factor` with i_step, floor), as `io._dac` forms them. With a
+    non-empty xp [N, C, H + 2 ph, W + 2 pw]: the zero-padded copy of x is written there too
+    (what torch.nn.functional.pad gives)."""
     nc, h, w = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = out.shape[1], out.shape[2]
     mask = np.int32(0x7FFFFFFF)
     m = np.empty((h, w), np.int32)
     cm = np.empty((h, wo), np.int32)
+    padded = xp.shape[0] > 0
+    zero = _F(0.0)
     for n in range(n0, n1):
         xn = x[n]
+        if padded:
+            xpn = xp[n]
+            for c in range(nc):  # the borders
+                for r in range(ph):
+                    xpn[c, r, :] = zero
+                    xpn[c, h + ph + r, :] = zero
+                for r in range(ph, h + ph):
+                    xpn[c, r, :pw] = zero
+                    xpn[c, r, w + pw:] = zero
         for r in range(h):
             mr = m[r]
             for q in range(w):
@@ -287,6 +389,10 @@ def patch_absmax_(x, out, n0, n1, kh, kw, sh, sw, ph, pw, dh, dw):
                 for q in range(w):
                     b = _f32_bits(xr[q]) & mask
                     mr[q] = b if b > mr[q] else mr[q]
+                if padded:
+                    xpr = xpn[c, r + ph]
+                    for q in range(w):
+                        xpr[pw + q] = xr[q]
             cr = cm[r]
             for ow in range(wo):
                 best = np.int32(0)  # the zero padding
@@ -310,19 +416,28 @@ def patch_absmax_(x, out, n0, n1, kh, kw, sh, sw, ph, pw, dh, dw):
                     b = cr[ow]
                     if b > _f32_bits(row[ow]):
                         row[ow] = _f32_from_bits(b)
+            if fac.shape[0] > 0:
+                fr = fac[n, oh]
+                for ow in range(wo):
+                    row[ow], fr[ow] = _dac_factor(row[ow], i_step, floor)
 
 
 @numba.cfunc(BODY, nogil=True, cache=True, error_model="numpy")
 def patch_absmax_team(data):
     """`patch_absmax_` as the body of an OpenMP parallel region (`rng.run_team_images`), one
-    image at a time. data (int64): [address of x, N, C, H, W, address of out, Ho, Wo, kh, kw,
-    sh, sw, ph, pw, dh, dw, counter]."""
-    a = carray(data, 17)
+    image at a time. data (int64; float32 values as their bits): [address of x, N, C, H, W,
+    address of out, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, address of fac, fac's images (0:
+    no factors), i_step, floor, address of xp, xp's images (0: no padded copy), counter]."""
+    a = carray(data, 23)
     x = carray(f32_at(a[0]), (a[1], a[2], a[3], a[4]))
     out = carray(f32_at(a[5]), (a[1], a[6], a[7]))
-    counter = a[16:]
+    fac = carray(f32_at(a[16]), (a[17], a[6], a[7]))
+    xp = carray(f32_at(a[20]), (a[21], a[2], a[3] + 2 * a[12], a[4] + 2 * a[13]))
+    counter = a[22:]
+    f = _f32_from_bits
     while True:
         i = claim(counter)
         if i >= a[1]:
             break
-        patch_absmax_(x, out, i, i + 1, a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15])
+        patch_absmax_(x, out, i, i + 1, a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
+                      fac, f(np.int32(a[18])), f(np.int32(a[19])), xp)

@@ -132,11 +132,15 @@ class PatchGeometry:
             out.append((size + 2 * p - dl * (k - 1) - 1) // s + 1)
         return out[0], out[1]
 
-    def patches(self, x: Tensor) -> Tensor:
+    def patches(self, x: Tensor, padded: Tensor | None = None) -> Tensor:
         """Every patch of x [N, C, H, W] as a strided view [N, C, kh, kw, H_out, W_out] of the
-        zero-padded input (no copy beyond the padding)."""
+        zero-padded input (no copy beyond the padding; padded: that copy where the caller
+        has it)."""
         ph, pw = self.padding
-        xp = torch.nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+        if padded is not None:
+            xp = padded
+        else:
+            xp = torch.nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         n, c = x.shape[:2]
         ho, wo = self.output_hw(x.shape[2], x.shape[3])
@@ -176,6 +180,23 @@ class PatchGeometry:
         return a[:, :, None, None]
 
     def _patch_absmax_compiled(self, x: Tensor) -> Tensor | None:
+        found = self._patch_kernel(x, None)
+        return None if found is None else found[0]
+
+    def dac_factors(self, x: Tensor, io: IOConfig
+                    ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """The abs-max DAC's (alpha, f, xp) of every patch of x [N, C, H, W] from the patch
+        maxima in one compiled pass: alpha [N, 1, 1, 1, H_out, W_out] as `_dac` floors it,
+        f = (1 / alpha) / inp_step its factor (same shape; the same values as `_dac`'s torch
+        ops) and xp the zero-padded copy of x that `patches` reads (None without padding);
+        None where the compiled pass does not apply."""
+        if not (DAC_FACTOR_KERNELS and io.noise_management == "abs_max"):
+            return None
+        return self._patch_kernel(x, io)
+
+    def _patch_kernel(self, x: Tensor, io: IOConfig | None
+                      ) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+        """(maxima, None, None), or with io (alpha, f, xp) (`_periphery_jit.patch_absmax_`)."""
         if not (SMALL_KERNELS and x.dim() == 4 and _rows_ok(x) and x.numel() > 0):
             return None
         kernels = jit.load("_periphery_jit")
@@ -186,15 +207,25 @@ class PatchGeometry:
         if ho < 1 or wo < 1:
             return None
         out = torch.empty((n, ho, wo), dtype=x.dtype)
+        fac = torch.empty((n if io is not None else 0, ho, wo), dtype=x.dtype)
+        (ph, pw), (c, h, w) = self.padding, x.shape[1:]
+        xp = torch.empty((n if io is not None and (ph or pw) else 0, c, h + 2 * ph,
+                          w + 2 * pw), dtype=x.dtype)
+        f32 = np.float32
+        i_step = f32(io.inp_step if io is not None and io.inp_step > 0 else 0)
+        floor = f32(alpha_floor(io.inp_step, x.dtype) if io is not None else 0)
         geo = (*self.kernel_size, *self.stride, *self.padding, *self.dilation)
-        kh, kw, sh, sw, ph, pw, dh, dw = geo
-        xf, of = x.detach().numpy(), out.numpy()
         if not rng.run_team_images(kernels.patch_absmax_team.address, n, x.numel(),
-                                   x.data_ptr(), *x.shape, out.data_ptr(), ho, wo, kh, kw,
-                                   sh, sw, ph, pw, dh, dw):
+                                   x.data_ptr(), *x.shape, out.data_ptr(), ho, wo, *geo,
+                                   fac.data_ptr(), fac.shape[0], i_step, floor,
+                                   xp.data_ptr(), xp.shape[0]):
+            xf, of, ff, pf = x.detach().numpy(), out.numpy(), fac.numpy(), xp.numpy()
             rng.run_images(lambda n0, n1: kernels.patch_absmax_(
-                xf, of, n0, n1, kh, kw, sh, sw, ph, pw, dh, dw), n, x.numel())
-        return out.view(n, 1, 1, 1, ho, wo)
+                xf, of, n0, n1, *geo, ff, i_step, floor, pf), n, x.numel())
+        shape = (n, 1, 1, 1, ho, wo)
+        if io is None:
+            return out.view(shape), None, None
+        return out.view(shape), fac.view(shape), (xp if xp.shape[0] else None)
 
     def _unpad(self, grid: Tensor) -> Tensor:
         (ph, pw) = self.padding
@@ -220,9 +251,14 @@ def analog_mvm_patches(
     if io.is_perfect:
         cols.view(shape6).copy_(geometry.patches(x))
         return _columns_mvm(weight, cols)
+    factor = padded = None
     if alpha is None and io.noise_management == "abs_max":
-        alpha = geometry.patch_absmax(x)
-    _, alpha = _dac(geometry.patches(x), io, (1, 2, 3), alpha=alpha, out=cols.view(shape6))
+        # alpha, the factors and the padded input in the maxima's pass
+        found = geometry.dac_factors(x, io)
+        alpha, factor, padded = found if found is not None else \
+            (geometry.patch_absmax(x), None, None)
+    _, alpha = _dac(geometry.patches(x, padded), io, (1, 2, 3), alpha=alpha,
+                    out=cols.view(shape6), factor=factor)
     if alpha is not None:
         alpha = alpha.reshape(n, 1, ho * wo)
     return _adc(_columns_mvm(weight, cols), io, alpha, generator, True)
@@ -255,23 +291,67 @@ def analog_mvm_fold(
     w = weight.t()
     if io.is_perfect:
         return geometry.fold(_columns_mvm(w, d), hw)
-    x, alpha = _dac(d, io, -2, alpha=alpha)
+    compiled = _dac_columns(d, io) if alpha is None else None
+    x, alpha = compiled if compiled is not None else _dac(d, io, -2, alpha=alpha)
     z = _columns_mvm(w, x)
     kernels = _adc_kernels(z, alpha, io, True)
     if kernels is None:
         return geometry.fold(_adc(z, io, alpha, generator, True), hw)
     n, c = z.shape[0], z.shape[1] // (kh * kw)
     grid = torch.empty((n, c, h + 2 * ph, wd + 2 * pw), dtype=z.dtype)
-    flat, out = z.view(-1).numpy(), grid.numpy()
-    a = np.empty(0, np.float32) if alpha is None else alpha.view(-1).numpy()
+    size = z.numel()
+    a_ptr, a_len = (0, 0) if alpha is None else (alpha.data_ptr(), alpha.numel())
     seed, *args = _adc_args(io, generator)
     geo = (kh, kw, ho, wo, sh, sw, dh, dw)
-    if not rng.run_team_images(kernels.adc_fold_team.address, n, flat.shape[0], z.data_ptr(),
-                               flat.shape[0], grid.data_ptr(), *out.shape, seed, *args,
-                               a.ctypes.data, a.shape[0], *geo):
+    if not rng.run_team_images(kernels.adc_fold_team.address, n, size, z.data_ptr(), size,
+                               grid.data_ptr(), *grid.shape, seed, *args, a_ptr, a_len,
+                               *geo):
+        flat, out = z.view(-1).numpy(), grid.numpy()
+        a = _EMPTY if alpha is None else alpha.view(-1).numpy()
         rng.run_images(lambda n0, n1: kernels.adc_fold_range_(flat, out, seed, n0, n1, *args,
-                                                              a, geo), n, flat.shape[0])
+                                                              a, geo), n, size)
     return geometry._unpad(grid)
+
+
+def compiled_column_dac(d: Tensor, io: IOConfig) -> bool:
+    """Whether `analog_mvm_fold` takes the DAC of errors d [N, out, L] (given no alpha) in one
+    compiled pass (`_dac_columns`): float32 contiguous CPU errors under abs-max noise
+    management, with numba. Callers that would compute alpha only for it can skip that."""
+    return (SMALL_KERNELS and DAC_FACTOR_KERNELS and io.noise_management == "abs_max"
+            and not io.is_perfect and d.dim() == 3 and _rows_ok(d) and d.numel() > 0
+            and jit.load("_periphery_jit") is not None)
+
+
+def _dac_columns(d: Tensor, io: IOConfig) -> tuple[Tensor, Tensor] | None:
+    """`_dac(d, io, -2)` of errors as columns [N, out, L] in one compiled pass
+    (`_periphery_jit.dac_columns_`: the column abs-maxima, the factors and the levels; the
+    same values as the torch ops) -> (levels [N, out, L], alpha [N, 1, L]), or None where
+    `compiled_column_dac` is False."""
+    if not compiled_column_dac(d, io):
+        return None
+    kernels = jit.load("_periphery_jit")
+    n, _, n_l = d.shape
+    x = torch.empty_like(d)
+    alpha = torch.empty((n, 1, n_l), dtype=d.dtype)
+    f32 = np.float32
+    i_step = io.inp_step
+    args = (f32(i_step if i_step > 0 else 0), _dac_level_bound(io),
+            f32(alpha_floor(i_step, torch.float32)))
+    if not rng.run_team_images(kernels.dac_columns_team.address, n, d.numel(), d.data_ptr(),
+                               *d.shape, x.data_ptr(), alpha.data_ptr(), *args):
+        df, xf, af = d.detach().numpy(), x.numpy(), alpha.view(n, n_l).numpy()
+        rng.run_images(lambda n0, n1: kernels.dac_columns_(df, xf, af, n0, n1, *args), n,
+                       d.numel())
+    return x, alpha
+
+
+def _dac_level_bound(io: IOConfig) -> np.float32:
+    """The compiled DACs' clip level: inp_bound / inp_step where inp_bound < 1 (abs-max
+    scaled inputs are within [-1, 1] otherwise), else 0 (no clip)."""
+    i_step = io.inp_step
+    if io.inp_bound < 1:
+        return np.float32(io.inp_bound / i_step if i_step > 0 else io.inp_bound)
+    return np.float32(0)
 
 
 def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
@@ -290,18 +370,22 @@ def alpha_floor(i_step: float, dtype: torch.dtype) -> float:
 
 
 def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | None = None,
-         out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+         out: Tensor | None = None, factor: Tensor | None = None
+         ) -> tuple[Tensor, Tensor | None]:
     """Input side: (DAC levels x_int = round(x / (alpha * step)), clipped; alpha) with alpha
     the abs-max of every vector along `dim` (or given) under abs-max noise management, else
     None. Written to `out` if given. The steps are folded into per-vector factors so that
     each pass over the inputs is one op; y = (x_int W) * step later. 2-d float32 CPU rows
-    under abs-max take `_dac_rows` (one compiled pass, the same values)."""
+    under abs-max take `_dac_rows` (one compiled pass, the same values). factor: with alpha,
+    the factors as formed here from it (`PatchGeometry.dac_factors`), alpha already floored."""
     i_step = io.inp_step
     if alpha is None and out is None and dim in (-1, 1) and io.noise_management == "abs_max":
         compiled = _dac_rows(inp, io)
         if compiled is not None:
             return compiled
-    if io.noise_management == "abs_max":
+    if factor is not None and alpha is not None and io.noise_management == "abs_max":
+        x = torch.mul(inp, factor, out=out)
+    elif io.noise_management == "abs_max":
         if alpha is None:
             alpha = inp.abs().amax(dim=dim, keepdim=True)
         # a vector whose abs-max is below alpha_floor is scaled as if it were the floor (its
@@ -364,6 +448,7 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None, generator: torch.Generat
 ADC_KERNEL_MIN = rng.KERNEL_MIN  # results from this size (and rng.KERNEL_MIN): compiled pass
 SMALL_KERNELS = True  # rows below that size (and DACs of rows): one compiled pass each
 DAC_KERNEL_MAX = rng.KERNEL_PART  # rows DAC'd by the compiled pass up to this many values
+DAC_FACTOR_KERNELS = True  # conv DACs: factors with the patch maxima; errors' DAC in one pass
 
 
 def _rows_ok(t: Tensor) -> bool:
@@ -424,10 +509,7 @@ def _dac_rows(inp: Tensor, io: IOConfig) -> tuple[Tensor, Tensor] | None:
         return None
     f32 = np.float32
     i_step = io.inp_step
-    if io.inp_bound < 1:
-        level = f32(io.inp_bound / i_step if i_step > 0 else io.inp_bound)
-    else:
-        level = f32(0)
+    level = _dac_level_bound(io)
     x = torch.empty_like(inp)
     alpha = torch.empty((inp.shape[0], 1), dtype=inp.dtype)
     kernels.dac_rows_(inp.detach().numpy(), x.numpy(), alpha.view(-1).numpy(),
@@ -458,19 +540,20 @@ def _adc_compiled(kernels, y: Tensor, io: IOConfig, alpha: Tensor | None,
     """`_adc` in one compiled pass (see `_rngkernel_jit.adc_range_`); the noise key is drawn
     as `rng.add_normal_` draws it, so the values are those of the torch passes."""
     if alpha is None:
-        a, seg, per_a = np.empty(0, np.float32), y.shape[-1], 0
+        seg, per_a = y.shape[-1], 0
     elif columns:  # [N, out, L], alpha [N, 1, L]
-        a, seg, per_a = alpha.view(-1).numpy(), y.shape[2], y.shape[1]
+        seg, per_a = y.shape[2], y.shape[1]
     else:  # rows [..., out], alpha [..., 1]
-        a, seg, per_a = alpha.view(-1).numpy(), y.shape[-1], 0
-    flat = y.view(-1).numpy()
+        seg, per_a = y.shape[-1], 0
+    size = y.numel()
+    a_ptr, a_len = (0, 0) if alpha is None else (alpha.data_ptr(), alpha.numel())
     seed, *args = _adc_args(io, generator)
-    if not rng.run_team_parts(kernels.adc_team.address, flat.shape[0], 2 * kernels.BLOCK,
-                              y.data_ptr(), flat.shape[0], seed, *args, a.ctypes.data,
-                              a.shape[0], seg, per_a):
+    if not rng.run_team_parts(kernels.adc_team.address, size, 2 * kernels.BLOCK,
+                              y.data_ptr(), size, seed, *args, a_ptr, a_len, seg, per_a):
+        flat = y.view(-1).numpy()
+        a = _EMPTY if alpha is None else alpha.view(-1).numpy()
         rng.run_blocks(lambda b0, b1: kernels.adc_range_(flat, seed, b0, b1, *args, a, seg,
-                                                         per_a), flat.shape[0],
-                       2 * kernels.BLOCK)
+                                                         per_a), size, 2 * kernels.BLOCK)
     torch.autograd.graph.increment_version(y)
     return y
 

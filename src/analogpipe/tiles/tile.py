@@ -439,12 +439,17 @@ class AnalogTile(nn.Module):
         """
         grad = grad.detach()
         abs_product = None if abs_product is None else abs_product.detach()
-        comp = self.update_compensation()
-        if comp is not None:
-            grad = grad * comp[:, None]
-            if abs_product is not None:
-                abs_product = abs_product * comp[:, None]
-        if not _all_finite(grad):
+        small = _small_products(grad, abs_product, self.out_scale)
+        if small is not None:  # compensated in one compiled pass, finiteness with it
+            grad, abs_product, finite = small
+        else:
+            comp = self.update_compensation()
+            if comp is not None:
+                grad = grad * comp[:, None]
+                if abs_product is not None:
+                    abs_product = abs_product * comp[:, None]
+            finite = _all_finite(grad)
+        if not finite:
             self._refuse_non_finite("the update product sum d x^T (from a non-finite layer "
                                     "input x or error d)")
         self._stash.append((grad, abs_product))
@@ -550,6 +555,36 @@ def _small_stash(x: Tensor, d: Tensor, scale: Tensor | None
 
 
 _EMPTY = np.empty(0, np.float32)
+SMALL_PRODUCTS = True  # products up to SMALL_PRODUCTS_MAX values: compensated in one pass
+SMALL_PRODUCTS_MAX = 1 << 18
+
+
+def _small_products(grad: Tensor, prod: Tensor | None, scale: Tensor | None
+                    ) -> tuple[Tensor, Tensor | None, bool] | None:
+    """`stash_products`' compensated products of float32 CPU products grad, prod [out, in]
+    (contiguous) by the output scales, and whether grad's are all finite
+    (`_periphery_jit.scale_products_`: the same values as its torch ops), or None where that
+    does not apply (no output scales among them: nothing to compensate)."""
+    if not (SMALL_PRODUCTS and scale is not None and grad.dim() == 2 and grad.dtype == torch.float32
+            and grad.device.type == "cpu" and grad.is_contiguous()
+            and 0 < grad.numel() <= SMALL_PRODUCTS_MAX
+            and scale.dtype == torch.float32 and scale.is_contiguous()
+            and scale.shape == (grad.shape[0],)
+            and (prod is None or (prod.shape == grad.shape and prod.dtype == grad.dtype
+                                  and prod.device.type == "cpu" and prod.is_contiguous()))):
+        return None
+    kernels = jit.load("_periphery_jit")
+    if kernels is None:
+        return None
+    out_g = torch.empty_like(grad)
+    out_p = None if prod is None else torch.empty_like(prod)
+    finite = kernels.scale_products_(grad.numpy(), _EMPTY_2D if prod is None else prod.numpy(),
+                                     scale.detach().numpy(), out_g.numpy(),
+                                     _EMPTY_2D if out_p is None else out_p.numpy())
+    return out_g, out_p, bool(finite)
+
+
+_EMPTY_2D = np.empty((0, 0), np.float32)
 
 
 @dataclass(frozen=True)
