@@ -447,7 +447,7 @@ def _adc(y: Tensor, io: IOConfig, alpha: Tensor | None, generator: torch.Generat
 
 ADC_KERNEL_MIN = rng.KERNEL_MIN  # results from this size (and rng.KERNEL_MIN): compiled pass
 SMALL_KERNELS = True  # rows below that size (and DACs of rows): one compiled pass each
-DAC_KERNEL_MAX = rng.KERNEL_PART  # rows DAC'd by the compiled pass up to this many values
+DAC_KERNEL_MAX = 1 << 17  # rows DAC'd by the compiled (one-thread) pass up to this many values
 DAC_FACTOR_KERNELS = True  # conv DACs: factors with the patch maxima; errors' DAC in one pass
 
 
