@@ -8,7 +8,7 @@ from numba import carray
 
 from analogpipe.tiles._splitmix_jit import GOLD
 from analogpipe.tiles._splitmix_jit import mix as _mix
-from analogpipe.tiles._team_jit import BODY, claim, f32_at
+from analogpipe.tiles._team_jit import BODY, claim, f32_at, wide_vectors
 from analogpipe.tiles._team_jit import f32_bits as _f32_bits
 from analogpipe.tiles._team_jit import f32_from_bits as _f32_from_bits
 
@@ -120,6 +120,7 @@ def normals_range_(out, seed, b0, b1, scale, add):
     u1 = (high 24 bits + 1) / 2^24 in (0, 1], u2 = low 24 bits / 2^24, r = sqrt(-2 ln u1),
     a = 2 pi u2, in float32 arithmetic. A last, partial block keeps its first elements of
     the same layout. The values are formed in a scratch block and then written / added."""
+    wide_vectors()
     z = np.empty(2 * BLOCK, np.float32)
     hi = np.empty(BLOCK, np.int32)
     lo = np.empty(BLOCK, np.int32)
@@ -144,6 +145,7 @@ def normals_range_(out, seed, b0, b1, scale, add):
 def adc_range_(y, seed, b0, b1, std, i_step, inv_o, level, mult, alpha, seg, per_a):
     """The periphery's output side (`analogpipe.tiles.io._adc`) in place on blocks b0:b1
     (of 2 BLOCK values) of the flat float32 MVM result y; see `_adc_span`."""
+    wide_vectors()
     z = np.zeros(2 * BLOCK, np.float32)
     hi = np.empty(BLOCK, np.int32)
     lo = np.empty(BLOCK, np.int32)
@@ -213,6 +215,7 @@ def adc_fold_range_(z, out, seed, n0, n1, std, i_step, inv_o, level, mult, alpha
     out[n, c, i dh + h sh, j dw + w sw] += z[n, c, i, j, h, w], the terms of every element
     added in the order of (i, j), as `PatchGeometry.fold` adds them.
     geo = (kh, kw, ho, wo, sh, sw, dh, dw)."""
+    wide_vectors()
     kh, kw, ho, wo, sh, sw, dh, dw = geo
     c_all = out.shape[1]
     plane = ho * wo
@@ -248,6 +251,7 @@ def normals_team(data):
     """`normals_range_` as the body of an OpenMP parallel region (`rng.run_team`): every
     thread of the team takes parts off a shared counter until none is left. data (int64):
     [address of out (float32), n, seed, scale (float32 bits), add, parts, counter]."""
+    wide_vectors()
     a = carray(data, 7)
     n = a[1]
     out = carray(f32_at(a[0]), (n,))
@@ -268,6 +272,7 @@ def adc_team(data):
     """`adc_range_` as the body of an OpenMP parallel region (`rng.run_team`). data (int64;
     float32 values as their bits): [address of y, n, seed, std, i_step, inv_o, level, mult,
     address of alpha, alpha's length, seg, per_a, parts, counter]."""
+    wide_vectors()
     a = carray(data, 14)
     n = a[1]
     y = carray(f32_at(a[0]), (n,))
@@ -291,6 +296,7 @@ def adc_fold_team(data):
     data (int64; float32 values as their bits): [address of z, z's length, address of out,
     N, C, Hp, Wp, seed, std, i_step, inv_o, level, mult, address of alpha, alpha's length,
     kh, kw, ho, wo, sh, sw, dh, dw, counter]."""
+    wide_vectors()
     a = carray(data, 24)
     z = carray(f32_at(a[0]), (a[1],))
     out = carray(f32_at(a[2]), (a[3], a[4], a[5], a[6]))
