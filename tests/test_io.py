@@ -544,3 +544,30 @@ def test_compiled_conv_dac_factors_and_error_dac_equal_the_torch_ops(geometry, r
     assert geo.dac_factors(x, IOConfig(noise_management="none")) is None
     assert _dac_columns(d, IOConfig(noise_management="none")) is None
     assert _dac_columns(d.double(), IOConfig()) is None
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_the_periphery_refuses_inputs_that_require_grad(small, monkeypatch):
+    """analog_mvm, analog_mvm_patches and analog_mvm_fold are not differentiable (the
+    converters round): an input that requires grad, with grad mode on, is refused with a
+    ConfigError naming the function, on the compiled and on the torch routes alike (the
+    routes disagreed: one raised from inside torch, one returned values without a graph);
+    under torch.no_grad() they run, as inside the layers."""
+    import analogpipe.tiles.io as io_mod
+    from analogpipe.errors import ConfigError
+    from analogpipe.tiles.io import PatchGeometry, analog_mvm_fold, analog_mvm_patches
+
+    monkeypatch.setattr(io_mod, "SMALL_KERNELS", small)
+    geo = PatchGeometry((3, 3), (1, 1), (1, 1), (1, 1))
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    d = torch.randn(2, 8, 36, requires_grad=True)
+    rows = torch.randn(3, 36, requires_grad=True)
+    w = torch.randn(8, 36)
+    calls = {"analog_mvm": lambda: analog_mvm(rows, w, IOConfig(), None),
+             "analog_mvm_patches": lambda: analog_mvm_patches(x, geo, None, w, IOConfig(), None),
+             "analog_mvm_fold": lambda: analog_mvm_fold(d, geo, (6, 6), w, IOConfig(), None)}
+    for name, call in calls.items():
+        with pytest.raises(ConfigError, match=f"^{name}: the input requires grad"):
+            call()
+        with torch.no_grad():
+            assert not call().requires_grad

@@ -331,6 +331,23 @@ def test_tile_configs_refuse_values_beyond_float32(kind, kw, field):
         (paper_config if kind == "paper" else IOConfig)(**kw)
 
 
+@pytest.mark.parametrize("kw, field", [
+    ({"inp_bound": 1e-45}, "io.inp_bound"), ({"inp_bound": 1e-33, "inp_res": 1e-7}, "io.inp_bound"),
+    ({"inp_bound": 3e38, "inp_res": 0.99}, "io.inp_bound"), ({"out_bound": 1e-40}, "io.out_bound"),
+    ({"out_bound": 3e38, "out_res": 0.9}, "io.out_bound")])
+def test_converter_steps_beyond_float32_are_refused(kw, field):
+    """A DAC or ADC step (res * 2 * bound) whose value or inverse leaves float32's range: the
+    periphery divides by it in float32 (a step of 0 or inf, levels of inf), so the compiled
+    and torch routes gave different garbage. Refused naming the bound and the step; steps at
+    the ends of the range and unquantized converters stay allowed."""
+    from analogpipe.tiles.io import IOConfig
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.") + r".*converter step"):
+        IOConfig(**kw)
+    IOConfig(inp_bound=1.5e-36, inp_res=0.001)  # step 3e-39: its inverse fits float32
+    IOConfig(inp_res=0, inp_bound=1e-45, out_res=0, out_bound=3e38)  # no steps
+
+
 def test_lr_whose_update_factor_overflows_is_refused():
     """lr / tau beyond float32's range (each alone within it): refused naming lr, for analog
     schemes (the soft-bounds update multiplies by lr / tau)."""

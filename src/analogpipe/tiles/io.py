@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analogpipe.errors import FLOAT32_MAX, check
+from analogpipe.errors import FLOAT32_MAX, ConfigError, check
 from analogpipe.tiles import jit, rng
 
 NOISE_MANAGEMENT = ("abs_max", "none")
@@ -71,6 +71,15 @@ class IOConfig:
               "out_bound); set out_res <= 0 for an unquantized, unbounded output")
         check(0 <= self.out_noise <= FLOAT32_MAX, "io.out_noise", self.out_noise,
               f"a finite value >= 0 within float32's range (<= {FLOAT32_MAX:.4g})")
+        for side, step in (("inp", self.inp_step), ("out", self.out_step)):
+            # the periphery divides by the step in float32 (DAC levels x / (alpha step), the
+            # ADC's 1 / out_step): the step and its inverse must both be float32 numbers
+            check(step == 0 or 1 / FLOAT32_MAX <= step <= FLOAT32_MAX, f"io.{side}_bound",
+                  getattr(self, f"{side}_bound"),
+                  f"a value whose converter step {side}_res * 2 * {side}_bound "
+                  f"(= {step:.4g} with io.{side}_res {getattr(self, f'{side}_res'):.4g}) and "
+                  f"its inverse fit float32: a step in [{1 / FLOAT32_MAX:.4g}, "
+                  f"{FLOAT32_MAX:.4g}]")
 
     @classmethod
     def bits(cls, inp_bits: int = 8, out_bits: int = 8, **kw: float) -> IOConfig:
@@ -106,6 +115,7 @@ def analog_mvm(
     Output noise is added with `analogpipe.tiles.rng.add_normal_` (large CPU fills: a compiled
     counter-based generator, or torch fills split over threads).
     """
+    _refuse_grad(inp, "analog_mvm")
     w = (weight.t() if transposed else weight) if columns else \
         (weight if transposed else weight.t())
     if io.is_perfect:
@@ -243,6 +253,7 @@ def analog_mvm_patches(
     computed here; ignored without abs-max noise management); weight: [out, C*kh*kw].
     Returns [N, out, H_out * W_out].
     """
+    _refuse_grad(x, "analog_mvm_patches")
     n, c = x.shape[:2]
     (kh, kw) = geometry.kernel_size
     ho, wo = geometry.output_hw(x.shape[2], x.shape[3])
@@ -279,6 +290,7 @@ def analog_mvm_fold(
     into the zero-padded grid when padded). Raises
     ConfigError (on every route) when the kernel does not fit an (H, W) input or d does not
     hold the errors of its output pixels."""
+    _refuse_grad(d, "analog_mvm_fold")
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     (ph, pw), (h, wd) = geometry.padding, tuple(hw)
     ho, wo = geometry.output_hw(h, wd)
@@ -352,6 +364,16 @@ def _dac_level_bound(io: IOConfig) -> np.float32:
     if io.inp_bound < 1:
         return np.float32(io.inp_bound / i_step if i_step > 0 else io.inp_bound)
     return np.float32(0)
+
+
+def _refuse_grad(t: Tensor, fn: str) -> None:
+    """ConfigError where t requires grad with grad mode on: the periphery is not
+    differentiable (its converters round), and its routes would disagree on what to track."""
+    if t.requires_grad and torch.is_grad_enabled():
+        raise ConfigError(
+            f"{fn}: the input requires grad, but the periphery is not differentiable (its DAC "
+            "and ADC round). Use the analog layers (AnalogLinear, AnalogConv2d), whose "
+            "backward is defined, or call it under torch.no_grad() (or on x.detach())")
 
 
 def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
