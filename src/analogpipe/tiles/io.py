@@ -43,6 +43,9 @@ class IOConfig:
     noise_management: "abs_max" divides each input vector by its abs-max before the DAC.
     inp_bound / inp_res: DAC range and resolution; out_bound / out_res: ADC range, resolution.
     out_noise: std of additive Gaussian output noise in normalized units (0.005 = 0.5%).
+    Raises ConfigError (naming the setting) for values outside these ranges, and where a
+    converter step res * 2 * bound (res > 0) or its inverse leaves float32's range (the
+    periphery divides by it in float32).
     """
 
     is_perfect: bool = False
@@ -114,6 +117,9 @@ def analog_mvm(
     the same per-vector periphery, without transposing to rows and back.
     Output noise is added with `analogpipe.tiles.rng.add_normal_` (large CPU fills: a compiled
     counter-based generator, or torch fills split over threads).
+    Not differentiable (the converters round): raises ConfigError for an input that requires
+    grad while grad mode is on (the analog layers define the backward), as do
+    `analog_mvm_patches` and `analog_mvm_fold`.
     """
     _refuse_grad(inp, "analog_mvm")
     w = (weight.t() if transposed else weight) if columns else \
