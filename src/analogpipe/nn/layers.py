@@ -101,8 +101,8 @@ class _LinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             if tile.config.backward.is_perfect:
                 dx = d.matmul(tile.weight)
-            else:
-                dx = tile.backward_rows(d2).reshape(x.shape)
+            else:  # the periphery is a constant for higher-order gradients (create_graph)
+                dx = tile.backward_rows(d2.detach()).reshape(x.shape)
         db = d2.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return dx, db, None, None
 
@@ -183,7 +183,10 @@ class _ConvFn(torch.autograd.Function):
         tile = layer.tile
         need_x, need_b = ctx.needs_input_grad[0], ctx.has_bias and ctx.needs_input_grad[1]
         dx = db = None
-        d_abs = d.abs() if not tile.needs_rows and tile.needs_abs_product else None
+        # the periphery and the stash are constants for higher-order gradients (a backward
+        # with create_graph runs this with grad mode on): they take detached tensors
+        dd, xd = d.detach(), x.detach()
+        d_abs = dd.abs() if not tile.needs_rows and tile.needs_abs_product else None
         grad = None
         if tile.config.backward.is_perfect:
             # one call, same output mask as autograd's conv backward: bit-identical gradients
@@ -197,7 +200,7 @@ class _ConvFn(torch.autograd.Function):
                 # on the current weights, summed onto the input grid. |d| serves the DAC's
                 # abs-max and the update's abs product alike on the torch route of the
                 # abs product (the compiled column DAC takes its own in the same pass)
-                cols, io = d.flatten(2), tile.config.backward
+                cols, io = dd.flatten(2), tile.config.backward
                 if d_abs is not None and io.noise_management == "abs_max" and \
                         not compiled_column_dac(cols, io):
                     alpha = d_abs.flatten(2).amax(1, keepdim=True)
@@ -208,12 +211,12 @@ class _ConvFn(torch.autograd.Function):
                 db = d.sum((0, 2, 3))
         if tile.needs_rows:
             # patches as rows [N*L, C*kh*kw] (one copy from x); d as a view [N, L, out]
-            tile.stash_rows(layer.patch_rows(x), d.flatten(2).transpose(1, 2))
+            tile.stash_rows(layer.patch_rows(xd), dd.flatten(2).transpose(1, 2))
         else:
             # sum over patches of d x^T is the conv weight gradient; |d| |x|^T likewise
             if grad is None:
-                grad = layer.weight_grad(x, d)
-            prod = layer.weight_grad(x.abs(), d_abs) if d_abs is not None else None
+                grad = layer.weight_grad(xd, dd)
+            prod = layer.weight_grad(xd.abs(), d_abs) if d_abs is not None else None
             tile.stash_products(grad, prod)
         return dx, db, None, None
 

@@ -117,15 +117,16 @@ def analog_mvm(
     the same per-vector periphery, without transposing to rows and back.
     Output noise is added with `analogpipe.tiles.rng.add_normal_` (large CPU fills: a compiled
     counter-based generator, or torch fills split over threads).
-    Not differentiable (the converters round): raises ConfigError for an input that requires
-    grad while grad mode is on (the analog layers define the backward), as do
-    `analog_mvm_patches` and `analog_mvm_fold`.
+    Not differentiable unless io.is_perfect (the converters round): raises ConfigError for an
+    input that requires grad while grad mode is on (the analog layers define the backward and
+    pass the periphery detached errors, also under create_graph), as do `analog_mvm_patches`
+    and `analog_mvm_fold`.
     """
-    _refuse_grad(inp, "analog_mvm")
     w = (weight.t() if transposed else weight) if columns else \
         (weight if transposed else weight.t())
     if io.is_perfect:
         return _columns_mvm(w, inp) if columns else inp @ w
+    _refuse_grad(inp, "analog_mvm")
     x, alpha = _dac(inp, io, -2 if columns else -1)
     return _adc(_columns_mvm(w, x) if columns else x @ w, io, alpha, generator, columns)
 
@@ -259,7 +260,6 @@ def analog_mvm_patches(
     computed here; ignored without abs-max noise management); weight: [out, C*kh*kw].
     Returns [N, out, H_out * W_out].
     """
-    _refuse_grad(x, "analog_mvm_patches")
     n, c = x.shape[:2]
     (kh, kw) = geometry.kernel_size
     ho, wo = geometry.output_hw(x.shape[2], x.shape[3])
@@ -268,6 +268,7 @@ def analog_mvm_patches(
     if io.is_perfect:
         cols.view(shape6).copy_(geometry.patches(x))
         return _columns_mvm(weight, cols)
+    _refuse_grad(x, "analog_mvm_patches")
     factor = padded = None
     if alpha is None and io.noise_management == "abs_max":
         # alpha, the factors and the padded input in the maxima's pass
@@ -296,7 +297,6 @@ def analog_mvm_fold(
     into the zero-padded grid when padded). Raises
     ConfigError (on every route) when the kernel does not fit an (H, W) input or d does not
     hold the errors of its output pixels."""
-    _refuse_grad(d, "analog_mvm_fold")
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     (ph, pw), (h, wd) = geometry.padding, tuple(hw)
     ho, wo = geometry.output_hw(h, wd)
@@ -309,6 +309,7 @@ def analog_mvm_fold(
     w = weight.t()
     if io.is_perfect:
         return geometry.fold(_columns_mvm(w, d), hw)
+    _refuse_grad(d, "analog_mvm_fold")
     compiled = _dac_columns(d, io) if alpha is None else None
     x, alpha = compiled if compiled is not None else _dac(d, io, -2, alpha=alpha)
     z = _columns_mvm(w, x)
@@ -378,8 +379,9 @@ def _refuse_grad(t: Tensor, fn: str) -> None:
     if t.requires_grad and torch.is_grad_enabled():
         raise ConfigError(
             f"{fn}: the input requires grad, but the periphery is not differentiable (its DAC "
-            "and ADC round). Use the analog layers (AnalogLinear, AnalogConv2d), whose "
-            "backward is defined, or call it under torch.no_grad() (or on x.detach())")
+            "and ADC round). Use the analog layers (AnalogLinear, AnalogConv1d, "
+            "AnalogConv2d), whose backward is defined, or call it under torch.no_grad() (or on "
+            "x.detach())")
 
 
 def _columns_mvm(w: Tensor, x: Tensor) -> Tensor:
