@@ -412,7 +412,6 @@ def test_compiled_patch_absmax_equals_the_max_pool_route(geometry, route, monkey
     if io_mod.jit.load("_periphery_jit") is None:
         pytest.skip("numba kernels unavailable")
     monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
-    monkeypatch.setattr(rng, "IMAGE_PART", 1 << 10)  # every thread gets images
     monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
     ks, st, pad, dil, hw, c, _, n = geometry
     geo = PatchGeometry(ks, st, pad, dil)
@@ -505,7 +504,6 @@ def test_compiled_conv_dac_factors_and_error_dac_equal_the_torch_ops(geometry, r
     if io_mod.jit.load("_periphery_jit") is None:
         pytest.skip("numba kernels unavailable")
     monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
-    monkeypatch.setattr(rng, "IMAGE_PART", 1 << 10)  # every thread gets images
     monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
     ks, st, pad, dil, hw, c, out, n = geometry
     geo = PatchGeometry(ks, st, pad, dil)

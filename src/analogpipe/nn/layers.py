@@ -197,9 +197,9 @@ class _ConvFn(torch.autograd.Function):
         else:
             if need_x:
                 # errors as columns [N, out, L]; W^T d per output pixel through the periphery,
-                # on the current weights, summed onto the input grid. |d| serves the DAC's
-                # abs-max and the update's abs product alike on the torch route of the
-                # abs product (the compiled column DAC takes its own in the same pass)
+                # on the current weights, summed onto the input grid. On the torch route the
+                # |d| of the abs product also gives the DAC's abs-max (the compiled column
+                # DAC takes its own in the same pass)
                 cols, io = dd.flatten(2), tile.config.backward
                 if d_abs is not None and io.noise_management == "abs_max" and \
                         not compiled_column_dac(cols, io):

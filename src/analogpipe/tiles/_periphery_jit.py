@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numba import carray
 
-from analogpipe.tiles._team_jit import BODY, claim, f32_at
+from analogpipe.tiles._team_jit import BODY, claim, f32_arg, f32_at
 from analogpipe.tiles._team_jit import f32_bits as _f32_bits
 from analogpipe.tiles._team_jit import f32_from_bits as _f32_from_bits
 from analogpipe.tiles._team_jit import fma as _fma
@@ -107,13 +107,11 @@ def dac_columns_team(data):
     x = carray(f32_at(a[4]), shape)
     alpha = carray(f32_at(a[5]), (a[1], a[3]))
     counter = a[9:]
-    f = _f32_from_bits
     while True:
         i = claim(counter)
         if i >= a[1]:
             break
-        dac_columns_(d, x, alpha, i, i + 1, f(np.int32(a[6])), f(np.int32(a[7])),
-                     f(np.int32(a[8])))
+        dac_columns_(d, x, alpha, i, i + 1, f32_arg(a, 6), f32_arg(a, 7), f32_arg(a, 8))
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -434,10 +432,9 @@ def patch_absmax_team(data):
     fac = carray(f32_at(a[16]), (a[17], a[6], a[7]))
     xp = carray(f32_at(a[20]), (a[21], a[2], a[3] + 2 * a[12], a[4] + 2 * a[13]))
     counter = a[22:]
-    f = _f32_from_bits
     while True:
         i = claim(counter)
         if i >= a[1]:
             break
         patch_absmax_(x, out, i, i + 1, a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
-                      fac, f(np.int32(a[18])), f(np.int32(a[19])), xp)
+                      fac, f32_arg(a, 18), f32_arg(a, 19), xp)

@@ -8,7 +8,7 @@ from numba import carray
 
 from analogpipe.tiles._splitmix_jit import GOLD
 from analogpipe.tiles._splitmix_jit import mix as _mix
-from analogpipe.tiles._team_jit import BODY, claim, f32_at, wide_vectors
+from analogpipe.tiles._team_jit import BODY, claim, f32_arg, f32_at, wide_vectors
 from analogpipe.tiles._team_jit import f32_bits as _f32_bits
 from analogpipe.tiles._team_jit import f32_from_bits as _f32_from_bits
 
@@ -255,7 +255,7 @@ def normals_team(data):
     a = carray(data, 7)
     n = a[1]
     out = carray(f32_at(a[0]), (n,))
-    scale = _f32_from_bits(np.int32(a[3]))
+    scale = f32_arg(a, 3)
     blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
     parts = a[5]
     counter = a[6:]
@@ -280,14 +280,13 @@ def adc_team(data):
     blocks = (n + 2 * BLOCK - 1) // (2 * BLOCK)
     parts = a[12]
     counter = a[13:]
-    f = _f32_from_bits
     while True:
         i = claim(counter)
         if i >= parts:
             break
         adc_range_(y, np.uint64(a[2]), blocks * i // parts, blocks * (i + 1) // parts,
-                   f(np.int32(a[3])), f(np.int32(a[4])), f(np.int32(a[5])), f(np.int32(a[6])),
-                   f(np.int32(a[7])), alpha, a[10], a[11])
+                   f32_arg(a, 3), f32_arg(a, 4), f32_arg(a, 5), f32_arg(a, 6), f32_arg(a, 7),
+                   alpha, a[10], a[11])
 
 
 @numba.cfunc(BODY, nogil=True, cache=True, error_model="numpy")
@@ -303,14 +302,12 @@ def adc_fold_team(data):
     alpha = carray(f32_at(a[13]), (a[14],))
     geo = (a[15], a[16], a[17], a[18], a[19], a[20], a[21], a[22])
     counter = a[23:]
-    f = _f32_from_bits
     while True:
         i = claim(counter)
         if i >= a[3]:
             break
-        adc_fold_range_(z, out, np.uint64(a[7]), i, i + 1, f(np.int32(a[8])),
-                        f(np.int32(a[9])), f(np.int32(a[10])), f(np.int32(a[11])),
-                        f(np.int32(a[12])), alpha, geo)
+        adc_fold_range_(z, out, np.uint64(a[7]), i, i + 1, f32_arg(a, 8), f32_arg(a, 9),
+                        f32_arg(a, 10), f32_arg(a, 11), f32_arg(a, 12), alpha, geo)
 
 
 def warm_up() -> None:

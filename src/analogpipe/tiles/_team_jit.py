@@ -3,6 +3,8 @@
 counter and typed pointers from the addresses in a body's int64 argument array; for every
 kernel the float32 bit casts and the fused multiply-add."""
 
+import numba
+import numpy as np
 from llvmlite import ir
 from numba.core import cgutils
 from numba.core import types as _types
@@ -62,6 +64,13 @@ def f32_from_bits(typingctx, x):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
+
+
+@numba.njit(inline="always")
+def f32_arg(a, k):
+    """The float32 value passed as its bits in a[k] of a team body's int64 arguments
+    (`analogpipe.tiles.rng.team_args`)."""
+    return f32_from_bits(np.int32(a[k]))
 
 
 @_intrinsic

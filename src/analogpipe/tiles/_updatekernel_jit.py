@@ -14,15 +14,14 @@ import numba
 import numpy as np
 from numba import carray
 
-from analogpipe.tiles._team_jit import BODY, claim, f32_at, f32_from_bits
+from analogpipe.tiles._team_jit import BODY, claim, f32_arg, f32_at
 from analogpipe.tiles._team_jit import fma as _fma
 
 
 @numba.njit(inline="always", error_model="numpy")
 def _scalars(a, i):
     """(c, -lr, b_min, b_max): the float32 values whose bits are a[i:i + 4]."""
-    f = f32_from_bits
-    return f(np.int32(a[i])), f(np.int32(a[i + 1])), f(np.int32(a[i + 2])), f(np.int32(a[i + 3]))
+    return f32_arg(a, i), f32_arg(a, i + 1), f32_arg(a, i + 2), f32_arg(a, i + 3)
 
 
 @numba.njit(inline="always", error_model="numpy")

@@ -229,8 +229,7 @@ class PatchGeometry:
         xp = torch.empty((n if io is not None and (ph or pw) else 0, c, h + 2 * ph,
                           w + 2 * pw), dtype=x.dtype)
         f32 = np.float32
-        i_step = f32(io.inp_step if io is not None and io.inp_step > 0 else 0)
-        floor = f32(alpha_floor(io.inp_step, x.dtype) if io is not None else 0)
+        i_step, _, floor = _dac_scalars(io) if io is not None else (f32(0), f32(0), f32(0))
         geo = (*self.kernel_size, *self.stride, *self.padding, *self.dilation)
         if not rng.run_team_images(kernels.patch_absmax_team.address, n, x.numel(),
                                    x.data_ptr(), *x.shape, out.data_ptr(), ho, wo, *geo,
@@ -352,10 +351,7 @@ def _dac_columns(d: Tensor, io: IOConfig) -> tuple[Tensor, Tensor] | None:
     n, _, n_l = d.shape
     x = torch.empty_like(d)
     alpha = torch.empty((n, 1, n_l), dtype=d.dtype)
-    f32 = np.float32
-    i_step = io.inp_step
-    args = (f32(i_step if i_step > 0 else 0), _dac_level_bound(io),
-            f32(alpha_floor(i_step, torch.float32)))
+    args = _dac_scalars(io)
     if not rng.run_team_images(kernels.dac_columns_team.address, n, d.numel(), d.data_ptr(),
                                *d.shape, x.data_ptr(), alpha.data_ptr(), *args):
         df, xf, af = d.detach().numpy(), x.numpy(), alpha.view(n, n_l).numpy()
@@ -364,13 +360,18 @@ def _dac_columns(d: Tensor, io: IOConfig) -> tuple[Tensor, Tensor] | None:
     return x, alpha
 
 
-def _dac_level_bound(io: IOConfig) -> np.float32:
-    """The compiled DACs' clip level: inp_bound / inp_step where inp_bound < 1 (abs-max
-    scaled inputs are within [-1, 1] otherwise), else 0 (no clip)."""
-    i_step = io.inp_step
+@functools.lru_cache(maxsize=64)
+def _dac_scalars(io: IOConfig) -> tuple[np.float32, np.float32, np.float32]:
+    """(i_step, level, floor) of the compiled float32 DACs (`_periphery_jit`): the input step
+    (0 without quantization), the clip level inp_bound / inp_step where inp_bound < 1
+    (abs-max scaled inputs are within [-1, 1] otherwise; 0: no clip) and `alpha_floor`."""
+    f32, i_step = np.float32, io.inp_step
     if io.inp_bound < 1:
-        return np.float32(io.inp_bound / i_step if i_step > 0 else io.inp_bound)
-    return np.float32(0)
+        level = f32(io.inp_bound / i_step if i_step > 0 else io.inp_bound)
+    else:
+        level = f32(0)
+    return (f32(i_step if i_step > 0 else 0), level,
+            f32(alpha_floor(i_step, torch.float32)))
 
 
 def _refuse_grad(t: Tensor, fn: str) -> None:
@@ -413,7 +414,7 @@ def _dac(inp: Tensor, io: IOConfig, dim: int | tuple[int, ...], alpha: Tensor | 
         compiled = _dac_rows(inp, io)
         if compiled is not None:
             return compiled
-    if factor is not None and alpha is not None and io.noise_management == "abs_max":
+    if factor is not None:  # with alpha, under abs-max (PatchGeometry.dac_factors)
         x = torch.mul(inp, factor, out=out)
     elif io.noise_management == "abs_max":
         if alpha is None:
@@ -537,14 +538,10 @@ def _dac_rows(inp: Tensor, io: IOConfig) -> tuple[Tensor, Tensor] | None:
     kernels = jit.load("_periphery_jit")
     if kernels is None:
         return None
-    f32 = np.float32
-    i_step = io.inp_step
-    level = _dac_level_bound(io)
     x = torch.empty_like(inp)
     alpha = torch.empty((inp.shape[0], 1), dtype=inp.dtype)
     kernels.dac_rows_(inp.detach().numpy(), x.numpy(), alpha.view(-1).numpy(),
-                      f32(i_step) if i_step > 0 else f32(0), level,
-                      f32(alpha_floor(i_step, torch.float32)))
+                      *_dac_scalars(io))
     return x, alpha
 
 

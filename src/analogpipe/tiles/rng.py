@@ -37,7 +37,6 @@ from analogpipe.tiles import jit
 PART = 1 << 20  # elements per part of a normal fill
 KERNEL_MIN = 1 << 15  # float32 fills from this size take the compiled generator
 KERNEL_PART = 1 << 15  # and are split over threads in parts of at least this many values
-IMAGE_PART = 1 << 15  # the conv kernels (one image at a time): at least this many per thread
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: distinct, well-spread part seeds
 _pool_lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
@@ -143,11 +142,8 @@ def run_team_parts(body: int, n: int, block: int, *values: object) -> bool:
 
 def run_team_images(body: int, images: int, n: int, *values: object) -> bool:
     """`run_team_parts` for a body that takes one image at a time off its counter (args:
-    `values`, then the counter): n values in all, at least IMAGE_PART per thread (the conv
-    kernels do more work per value than the noise fills). False: the caller runs
-    `run_images`."""
-    workers = max(1, min(torch.get_num_threads(), n // IMAGE_PART, images))
-    return run_team(body, team_args(*values, 0), workers)
+    `values`, then the counter): n values in all. False: the caller runs `run_images`."""
+    return run_team(body, team_args(*values, 0), min(team_workers(n), images))
 
 
 def run_blocks(fn: Callable[[int, int], object], n: int, block: int) -> None:
