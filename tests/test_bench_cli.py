@@ -91,3 +91,55 @@ def test_cpu_only_groups_are_refused_on_cuda():
     assert harness.supports_device("core") and not harness.supports_device("dist")
     with pytest.raises(ValueError, match="dist"):
         harness.run(["dist"], quick=True, device="cuda")
+
+
+def test_floor_group_rows_configs_and_the_digital_equivalent_tile_is_sgd(monkeypatch):
+    """The floor group times three analog models per linear case and mode (the paper tile,
+    exact MVMs, a digital-equivalent tile once per case) against one digital model, with the
+    resolved tile configs in the rows; the digital-equivalent tile's weights after the run
+    equal torch.optim.SGD's after as many steps (it is exactly SGD)."""
+    from analogpipe.bench import core
+    from analogpipe.presets import ideal_config, paper_config
+
+    case = core.Case("linear16 b2", lambda: torch.nn.Sequential(torch.nn.Linear(16, 8)),
+                     (16,), 8, 2, 1, 3, 1.0)
+    monkeypatch.setattr(core, "cases", lambda quick: [case])
+    built = []
+    real_build = core.build_steppers
+
+    def spy(*args, **kw):
+        out = real_build(*args, **kw)
+        built.append(out)
+        return out
+
+    monkeypatch.setattr(core, "build_steppers", spy)
+    rows = core.bench_floor(quick=True)
+    assert [r.case for r in rows] == [
+        "linear16 b2 expected paper tile", "linear16 b2 expected exact MVMs",
+        "linear16 b2 digital-equivalent tile", "linear16 b2 pulsed paper tile",
+        "linear16 b2 pulsed exact MVMs"]
+    assert all(r.target is None and r.baseline_s > 0 and r.subject_s > 0 for r in rows)
+    cfg = {r.case: r.details["tile_config"] for r in rows}
+    for mode in ("expected", "pulsed"):
+        paper = cfg[f"linear16 b2 {mode} paper tile"]
+        exact = cfg[f"linear16 b2 {mode} exact MVMs"]
+        assert paper == paper_config(update=mode).to_dict()
+        # exact MVMs: one change set against the paper tile, the periphery and the mapping
+        assert {k for k in paper if paper[k] != exact[k]} == {"forward", "backward", "mapping"}
+        assert exact["forward"]["is_perfect"] and exact["backward"]["is_perfect"]
+        assert exact["mapping"]["weight_scaling_omega"] is None
+    assert cfg["linear16 b2 digital-equivalent tile"] == ideal_config().to_dict()
+    # the oracle: the digital-equivalent model trained like torch.optim.SGD, bit for bit
+    d, analogs = built[0]
+    ideal = analogs[2]
+    torch.manual_seed(0)
+    ref = case.build().train()
+    opt = torch.optim.SGD(ref.parameters(), lr=core.LR)
+    for _ in range(ideal.steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ref(ideal.x), ideal.y).backward()
+        opt.step()
+    layer = ideal.model[0]
+    assert ideal.steps >= 4 and ideal.restarts == 0
+    assert torch.equal(layer.weight, ref[0].weight.detach())
+    assert torch.equal(layer.bias.detach(), ref[0].bias.detach())

@@ -19,6 +19,7 @@ half of it where the trains are long (sum loss), and linear at batch 1 <= 2x dig
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +32,10 @@ from analogpipe.bench.harness import Row, median, register
 from analogpipe.models import resnet10
 from analogpipe.nn import analog_tiles, convert_to_analog
 from analogpipe.optim import AnalogSGD
-from analogpipe.presets import paper_config
+from analogpipe.presets import ideal_config, paper_config
+from analogpipe.tiles.io import IOConfig
 from analogpipe.tiles.pulses import pulse_probabilities
-from analogpipe.tiles.tile import NonFiniteUpdateError
+from analogpipe.tiles.tile import MappingConfig, NonFiniteUpdateError, TileConfig
 
 LR = 0.1
 PHASES = ("forward", "backward", "optimizer")
@@ -198,19 +200,30 @@ def mean_train_length(stepper: Stepper) -> tuple[float, float]:
     return (total / n, at_max / n) if n else (0.0, 0.0)
 
 
-def build_pair(case: Case, mode: str, seed: int = 0, device: str = "cpu"):
-    """(digital stepper, analog stepper) on the same batch."""
+def case_config(case: Case, mode: str) -> TileConfig:
+    """The analog model's tile config in the core rows: the paper's tile in `mode`."""
+    return paper_config(update=mode, learn_out_scaling=not case.mapped)
+
+
+def build_steppers(case: Case, configs: list[TileConfig], seed: int = 0,
+                   device: str = "cpu") -> tuple[Stepper, list[Stepper]]:
+    """(digital stepper, one analog stepper per config), every model converted from the same
+    digital initial weights (seed) and stepped on the same batch."""
     torch.manual_seed(seed)
     dev = torch.device(device)
     digital = case.build().train()
-    cfg = paper_config(update=mode, learn_out_scaling=not case.mapped)
-    analog = convert_to_analog(digital, cfg, seed=seed).train().to(dev)
+    analogs = [convert_to_analog(digital, cfg, seed=seed).train().to(dev) for cfg in configs]
     digital = digital.to(dev)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((case.batch, *case.in_shape), generator=gen).to(dev)
     y = torch.randint(0, case.classes, (case.batch,), generator=gen).to(dev)
     d = Stepper(digital, torch.optim.SGD(digital.parameters(), lr=LR), x, y, case.reduction)
-    a = Stepper(analog, AnalogSGD(analog, lr=LR), x, y, case.reduction)
+    return d, [Stepper(a, AnalogSGD(a, lr=LR), x, y, case.reduction) for a in analogs]
+
+
+def build_pair(case: Case, mode: str, seed: int = 0, device: str = "cpu"):
+    """(digital stepper, analog stepper) on the same batch."""
+    d, (a,) = build_steppers(case, [case_config(case, mode)], seed, device)
     return d, a
 
 
@@ -281,3 +294,78 @@ def bench_cases(quick: bool, device: str = "cpu", group: str = "core") -> list[R
 def bench_core(quick: bool, device: str = "cpu") -> list[Row]:
     """Analog vs digital training step, expected and pulsed mode, every case of the table."""
     return bench_cases(quick, device)
+
+
+# --- group "floor": what the linear rows cost without the periphery, and without physics ---
+FLOOR_VARIANTS = ("paper tile", "exact MVMs", "digital-equivalent tile")
+
+
+def floor_configs(case: Case, mode: str) -> dict[str, TileConfig]:
+    """The tile configs of the floor group's analog models for one core case and mode.
+
+    "paper tile": the core row's config (`case_config`). "exact MVMs": the same device and
+    update (`mode`, soft bounds, per-sample granularity), with perfect forward and backward
+    periphery (`IOConfig.perfect()`: F.linear's MVMs, no DAC, ADC or noise) and no output
+    scaling (`MappingConfig()`): what the device physics and the framework cost. "digital-
+    equivalent tile": `ideal_config()` (ideal device, perfect periphery, no mapping): the
+    tile computes exactly torch's SGD step, so its ratio is the cost of the analog layers,
+    the stash and AnalogSGD alone."""
+    paper = case_config(case, mode)
+    exact = dataclasses.replace(paper, forward=IOConfig.perfect(), backward=IOConfig.perfect(),
+                                mapping=MappingConfig())
+    return dict(zip(FLOOR_VARIANTS, (paper, exact, ideal_config())))
+
+
+def time_pairs(d: Stepper, analogs: list[Stepper], case: Case) -> None:
+    """`time_steppers` for several analog models at once: every round steps the digital
+    model, then the first analog one, the digital one again, the second, and so on, so each
+    analog step follows a digital step as in the core rows and load drift hits every model
+    alike; the budget covers one pair per analog model and repeat."""
+    def round_() -> None:
+        for a in analogs:
+            d()
+            a()
+
+    for _ in range(case.warmup):
+        round_()
+    for s in (d, *analogs):
+        for p in PHASES:
+            s.phases[p].clear()
+    start = time.perf_counter()
+    for i in range(case.repeats):
+        round_()
+        if i >= 2 and time.perf_counter() - start > case.budget_s * len(analogs):
+            break
+
+
+@register("floor")
+def bench_floor(quick: bool) -> list[Row]:
+    """The linear core cases with two more analog models in the same run (`time_pairs`): exact MVMs
+    (perfect periphery, no output scaling) and a digital-equivalent tile (`floor_configs`).
+    Their ratios bound what the periphery and the update physics may cost within the
+    targets: no target of their own (informational rows)."""
+    rows = []
+    for case in (c for c in cases(quick) if c.linear):
+        for mode in ("expected", "pulsed"):
+            configs = floor_configs(case, mode)
+            # the digital-equivalent tile does not depend on the mode: timed with "expected"
+            names = [n for n in FLOOR_VARIANTS
+                     if mode == "expected" or n != "digital-equivalent tile"]
+            d, analogs = build_steppers(case, [configs[n] for n in names])
+            time_pairs(d, analogs, case)
+            step_d = [sum(t) for t in zip(*(d.phases[p] for p in PHASES))]
+            for name, a in zip(names, analogs):
+                step_a = [sum(t) for t in zip(*(a.phases[p] for p in PHASES))]
+                notes = f"F/B/U ms analog {a.split_ms()}, digital {d.split_ms()}"
+                if a.restarts:
+                    notes += f"; analog diverged and restarted {a.restarts}x"
+                label = name if name == "digital-equivalent tile" else f"{mode} {name}"
+                rows.append(Row(
+                    group="floor", case=f"{case.name} {label}", baseline_name="torch",
+                    baseline_s=median(step_d), subject_name="analog",
+                    subject_s=median(step_a), target=None, repeats=len(step_a), notes=notes,
+                    details={"analog_ms": {p: 1e3 * median(a.phases[p]) for p in PHASES},
+                             "digital_ms": {p: 1e3 * median(d.phases[p]) for p in PHASES},
+                             "loss": case.reduction, "analog_restarts": a.restarts,
+                             "tile_config": configs[name].to_dict()}))
+    return rows
