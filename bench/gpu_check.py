@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from analogpipe.bench import core, harness
+from analogpipe.commands._files import output_file_problem
 from analogpipe.models import block_names, resnet10
 from analogpipe.nn import convert_to_analog
 from analogpipe.pipeline import schedules
 from analogpipe.pipeline.local import LocalPipeline
 from analogpipe.pipeline.partition import block_costs, partition, split_model
 from analogpipe.presets import paper_config
+from analogpipe.train.loop import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu-check: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
+    problem = output_file_problem(args.out, "--out", make_folders=True)
+    if problem:  # before the run, which takes minutes
+        print(f"gpu-check: {problem}", file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
     machine = harness.machine_stamp()
     machine.update(device=args.device, smoke=args.smoke)
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     result["rows"] = [r.to_dict() for r in rows]
     result["wall_s"] = time.perf_counter() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2, allow_nan=True) + "\n")
 
     print(harness.format_table(rows, machine))
     print()

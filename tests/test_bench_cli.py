@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -128,6 +129,7 @@ def test_floor_group_rows_configs_and_the_digital_equivalent_tile_is_sgd(monkeyp
         assert {k for k in paper if paper[k] != exact[k]} == {"forward", "backward", "mapping"}
         assert exact["forward"]["is_perfect"] and exact["backward"]["is_perfect"]
         assert exact["mapping"]["weight_scaling_omega"] is None
+        assert not exact["mapping"]["learn_out_scaling"]
     assert cfg["linear16 b2 digital-equivalent tile"] == ideal_config().to_dict()
     # the oracle: the digital-equivalent model trained like torch.optim.SGD, bit for bit
     d, analogs = built[0]
@@ -143,3 +145,85 @@ def test_floor_group_rows_configs_and_the_digital_equivalent_tile_is_sgd(monkeyp
     assert ideal.steps >= 4 and ideal.restarts == 0
     assert torch.equal(layer.weight, ref[0].weight.detach())
     assert torch.equal(layer.bias.detach(), ref[0].bias.detach())
+
+
+def test_time_pairs_steps_the_digital_model_before_every_analog_step():
+    """The floor group's timing: each analog step follows a digital step (as in the core
+    rows), warm-up rounds included, and only the timed rounds stay in the phases."""
+    from analogpipe.bench import core
+
+    log: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str) -> None:
+            self.name, self.phases = name, {p: [] for p in core.PHASES}
+
+        def __call__(self) -> None:
+            log.append(self.name)
+            for p in core.PHASES:
+                self.phases[p].append(1.0)
+
+    case = core.Case("c", lambda: None, (1,), 1, 1, 2, 3, 60.0)
+    d, analogs = Fake("d"), [Fake("a0"), Fake("a1"), Fake("a2")]
+    core.time_pairs(d, analogs, case)
+    assert log == ["d", "a0", "d", "a1", "d", "a2"] * (2 + 3)
+    assert [len(s.phases["forward"]) for s in (d, *analogs)] == [9, 3, 3, 3]
+
+
+def test_output_files_that_cannot_be_written_exit_2_before_the_run(tmp_path, capsys,
+                                                                   monkeypatch):
+    """bench --json, schedule --png / --trace and plot --png refuse, before anything runs or
+    is written: an empty path, a folder, a path under a file, something that is not a
+    regular file (a FIFO here; /dev/null is such a file: the atomic write would replace
+    it), a folder that refuses new files (/proc). bench makes missing folders."""
+
+    ran = []
+    monkeypatch.setattr(harness, "run", lambda *a, **k: ran.append(1) or [])
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    bad = [("", "empty"), (str(tmp_path), "is a folder"), (str(a_file / "b.json"), "is a file"),
+           (str(fifo), "not a regular file"), ("/proc/analogpipe-test.json", "/proc")]
+    for path, needle in bad:
+        assert cli.main(["bench", "--only", "_test_tiny", "--json", path]) == 2, path
+        err = capsys.readouterr().err
+        assert "--json" in err and needle in err, (path, err)
+    assert ran == [] and a_file.read_text() == "x" and fifo.exists()
+    for path, needle in bad[:4]:
+        png = path if path in ("", str(tmp_path), str(fifo)) else path[:-5] + ".png"
+        for cmd in (["schedule", "--png", png], ["schedule", "--trace", path]):
+            assert cli.main(cmd) == 2, cmd
+            err = capsys.readouterr().err
+            assert needle in err, (cmd, err)
+    assert not list(tmp_path.glob(".analogpipe-probe-*"))
+    monkeypatch.undo()
+    out = tmp_path / "new" / "deeper" / "bench.json"  # missing folders are made
+    assert cli.main(["bench", "--only", "_test_tiny", "--json", str(out), "--threads", "1"]) == 0
+    assert json.loads(out.read_text())["rows"]
+
+
+@pytest.mark.slow
+def test_gpu_check_script_dry_run_on_the_cpu(tmp_path):
+    """bench/gpu-check.sh's CPU dry run (the same code as on CUDA, tiny sizes): exit 0, one
+    JSON with the bench rows, both AP runs and the parity tests' result; a bad --out exits
+    2 before the run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "bench" / "gpu-check.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    bad = subprocess.run(["bash", str(script), "--device", "cpu", "--smoke", "--out",
+                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--out" in bad.stderr and "is a folder" in bad.stderr
+    out = tmp_path / "sub" / "gpu-check.json"
+    r = subprocess.run(["bash", str(script), "--device", "cpu", "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["rows"] and all(row["subject_s"] > 0 for row in data["rows"])
+    assert [ap["update"] for ap in data["ap"]] == ["expected", "pulsed"]
+    assert all("error" not in ap for ap in data["ap"])
+    assert data["tests"]["rc"] == 0, data["tests"]

@@ -246,6 +246,20 @@ def time_steppers(d: Stepper, a: Stepper, case: Case,
             break
 
 
+def divergence_flags(d: Stepper, a: Stepper, details: dict) -> str:
+    """Record in `details` the first step whose loss was not finite (either model) and the
+    analog model's restarts; returns the same for the row's notes ("" when neither)."""
+    notes = ""
+    for who, s in (("analog", a), ("digital", d)):
+        if s.first_nonfinite is not None:
+            details[f"{who}_nonfinite_step"] = s.first_nonfinite
+            notes += f"; {who} loss NOT FINITE from step {s.first_nonfinite}"
+    if a.restarts:
+        details["analog_restarts"] = a.restarts
+        notes += f"; analog diverged and restarted from its initial state {a.restarts}x"
+    return notes
+
+
 def bench_cases(quick: bool, device: str = "cpu", group: str = "core") -> list[Row]:
     rows = []
     for case in cases(quick):
@@ -272,14 +286,7 @@ def bench_cases(quick: bool, device: str = "cpu", group: str = "core") -> list[R
                 details["mean_bl_start_end"] = [bl0, bl]
                 notes += (f"; mean BL {bl0:.2f} -> {bl:.2f} over the timed steps "
                           f"({100 * max0:.0f}% -> {100 * at_max:.0f}% at 31)")
-            for who, s in (("analog", a), ("digital", d)):
-                if s.first_nonfinite is not None:
-                    details[f"{who}_nonfinite_step"] = s.first_nonfinite
-                    notes += f"; {who} loss NOT FINITE from step {s.first_nonfinite}"
-            if a.restarts:
-                details["analog_restarts"] = a.restarts
-                notes += (f"; analog diverged and restarted from its initial state "
-                          f"{a.restarts}x")
+            notes += divergence_flags(d, a, details)
             if case.name in AIHWKIT and mode == "pulsed":
                 notes += f"; aihwkit {AIHWKIT[case.name]:g}x"
             rows.append(Row(
@@ -356,16 +363,15 @@ def bench_floor(quick: bool) -> list[Row]:
             step_d = [sum(t) for t in zip(*(d.phases[p] for p in PHASES))]
             for name, a in zip(names, analogs):
                 step_a = [sum(t) for t in zip(*(a.phases[p] for p in PHASES))]
-                notes = f"F/B/U ms analog {a.split_ms()}, digital {d.split_ms()}"
-                if a.restarts:
-                    notes += f"; analog diverged and restarted {a.restarts}x"
+                details = {"analog_ms": {p: 1e3 * median(a.phases[p]) for p in PHASES},
+                           "digital_ms": {p: 1e3 * median(d.phases[p]) for p in PHASES},
+                           "loss": case.reduction, "tile_config": configs[name].to_dict()}
+                notes = (f"F/B/U ms analog {a.split_ms()}, digital {d.split_ms()}"
+                         + divergence_flags(d, a, details))
                 label = name if name == "digital-equivalent tile" else f"{mode} {name}"
                 rows.append(Row(
                     group="floor", case=f"{case.name} {label}", baseline_name="torch",
                     baseline_s=median(step_d), subject_name="analog",
                     subject_s=median(step_a), target=None, repeats=len(step_a), notes=notes,
-                    details={"analog_ms": {p: 1e3 * median(a.phases[p]) for p in PHASES},
-                             "digital_ms": {p: 1e3 * median(d.phases[p]) for p in PHASES},
-                             "loss": case.reduction, "analog_restarts": a.restarts,
-                             "tile_config": configs[name].to_dict()}))
+                    details=details))
     return rows

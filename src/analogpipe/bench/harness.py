@@ -1,7 +1,8 @@
 """A tiny benchmark framework: timing, result rows, a group registry, table and JSON output.
 
 A *group* is a function `(quick: bool) -> list[Row]` registered under a name with
-`@register("name")`; `run()` calls the selected groups in registration order. Each `Row` compares
+`@register("name")`; `run()` calls the selected groups in the order given (all of them: in
+registration order). Each `Row` compares
 a subject (e.g. the analog step) with a baseline (e.g. plain PyTorch) by their median times.
 This module does not import torch at import time.
 """

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from analogpipe.commands._files import output_file_problem
+
 # group modules, imported for their @register side effect; only the first one is required
 GROUP_MODULES = ("analogpipe.bench.core", "analogpipe.bench.pipeline", "analogpipe.bench.dist")
 
@@ -54,6 +56,11 @@ def main(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print("analogpipe bench: --threads must be >= 1", file=sys.stderr)
         return 2
+    if args.json is not None:  # checked before the run, which can take minutes
+        problem = output_file_problem(args.json, "--json", make_folders=True)
+        if problem:
+            print(f"analogpipe bench: {problem}", file=sys.stderr)
+            return 2
     if args.device == "cuda":
         import torch
 
@@ -78,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
     machine["quick"] = bool(args.quick)
     machine["device"] = args.device
     print(harness.format_table(rows, machine))
-    if args.json:
+    if args.json is not None:
         harness.write_json(args.json, machine, rows)
         print(f"wrote {args.json}")
     if args.strict and any(r.meets_target is False for r in rows):

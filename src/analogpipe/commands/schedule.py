@@ -151,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"--update-per-microbatch applies to --scheme sp only, not {args.scheme}")
     for flag, suffix in (("png", ".png"), ("trace", None)):
         path = getattr(args, flag)
-        problem = path and output_file_problem(path, f"--{flag}", suffix)
+        problem = path is not None and output_file_problem(path, f"--{flag}", suffix)
         if problem:
             return _fail(problem)
     kw = {"update_per_microbatch": True} if args.update_per_microbatch else {}
