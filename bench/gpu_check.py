@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         result["interrupted"] = True
     result["rows"] = [r.to_dict() for r in rows]
     result["wall_s"] = time.perf_counter() - t_start
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.out), json.dumps(result, indent=2, allow_nan=True) + "\n")
+    out = Path(os.path.abspath(args.out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2, allow_nan=True) + "\n")
 
     print(harness.format_table(rows, machine))
     print()

@@ -183,31 +183,41 @@ def test_output_files_that_cannot_be_written_exit_2_before_the_run(tmp_path, cap
     a_file.write_text("x")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    bad = [("", "empty"), (str(tmp_path), "is a folder"), (str(a_file / "b.json"), "is a file"),
-           (str(fifo), "not a regular file"), ("/proc/analogpipe-test.json", "/proc")]
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    bad = [("", "empty"), (str(tmp_path), "is a folder"),
+           (str(a_file / "b.json"), "is not a folder"), (str(fifo), "not a regular file"),
+           (str(a_file) + "/", "ends in '/'"), (str(dangling), "not a regular file"),
+           (str(dangling / "b.json"), "is not a folder"),
+           (str(tmp_path / ("n" * 250 + ".json")), "too long"),
+           (str(tmp_path / ("n" * 300) / "b.json"), "too long"),
+           ("/proc/analogpipe-test.json", "/proc"), ("/proc/analogpipe-new/b.json", "/proc")]
     for path, needle in bad:
         assert cli.main(["bench", "--only", "_test_tiny", "--json", path]) == 2, path
         err = capsys.readouterr().err
         assert "--json" in err and needle in err, (path, err)
     assert ran == [] and a_file.read_text() == "x" and fifo.exists()
-    for path, needle in bad[:4]:
-        png = path if path in ("", str(tmp_path), str(fifo)) else path[:-5] + ".png"
+    for path, needle in bad[:9]:
+        png = path[:-5] + ".png" if path.endswith(".json") else path
         for cmd in (["schedule", "--png", png], ["schedule", "--trace", path]):
             assert cli.main(cmd) == 2, cmd
             err = capsys.readouterr().err
-            assert needle in err, (cmd, err)
-    assert not list(tmp_path.glob(".analogpipe-probe-*"))
+            assert needle in err and "Traceback" not in err, (cmd, err)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["dangling", "fifo", "file"]
     monkeypatch.undo()
     out = tmp_path / "new" / "deeper" / "bench.json"  # missing folders are made
     assert cli.main(["bench", "--only", "_test_tiny", "--json", str(out), "--threads", "1"]) == 0
     assert json.loads(out.read_text())["rows"]
+    up = tmp_path / "q" / ".." / "up.json"  # made lexically: no folder q is left
+    assert cli.main(["bench", "--only", "_test_tiny", "--json", str(up), "--threads", "1"]) == 0
+    assert (tmp_path / "up.json").is_file() and not (tmp_path / "q").exists()
 
 
 @pytest.mark.slow
 def test_gpu_check_script_dry_run_on_the_cpu(tmp_path):
     """bench/gpu-check.sh's CPU dry run (the same code as on CUDA, tiny sizes): exit 0, one
-    JSON with the bench rows, both AP runs and the parity tests' result; a bad --out exits
-    2 before the run."""
+    JSON with the bench rows, both AP runs and the parity tests' result, at an --out relative
+    to the caller's folder; a bad --out exits 2 before the run."""
     import subprocess
     import sys
     from pathlib import Path
@@ -218,9 +228,10 @@ def test_gpu_check_script_dry_run_on_the_cpu(tmp_path):
     bad = subprocess.run(["bash", str(script), "--device", "cpu", "--smoke", "--out",
                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "--out" in bad.stderr and "is a folder" in bad.stderr
-    out = tmp_path / "sub" / "gpu-check.json"
-    r = subprocess.run(["bash", str(script), "--device", "cpu", "--smoke", "--out", str(out)],
-                       capture_output=True, text=True, env=env, timeout=400)
+    out = tmp_path / "sub" / "gpu-check.json"  # given relative to the folder it runs from
+    r = subprocess.run(["bash", str(script), "--device", "cpu", "--smoke", "--out",
+                        "sub/gpu-check.json"], capture_output=True, text=True, env=env,
+                       timeout=400, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["rows"] and all(row["subject_s"] > 0 for row in data["rows"])

@@ -275,7 +275,7 @@ def format_table(rows: list[Row], machine: dict[str, Any] | None = None) -> str:
 
 def write_json(path: str | os.PathLike[str], machine: dict[str, Any], rows: list[Row]) -> None:
     """Write {"machine": ..., "rows": [...]} atomically (temp file in the same folder, replace)."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "a/../x.json" makes no folder a
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine, "rows": [r.to_dict() for r in rows]}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

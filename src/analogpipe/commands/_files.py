@@ -3,47 +3,69 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+# the writers' temporary files beside the output add at most this many characters to its
+# name (".NAME.tmpPID", or mkstemp's ".NAME.XXXXXXXX.tmp")
+TEMP_NAME_EXTRA = 16
 
 
 def output_file_problem(path: str, flag: str, suffix: str | None = None,
                         make_folders: bool = False) -> str | None:
-    """Why `path` cannot be written as a file for `flag` (None if it can): it is empty, a
-    folder, something other than a regular file (a device such as /dev/null, a pipe: the
-    atomic write would replace it), lacks `suffix`, or its folder is missing (unless
-    make_folders: then the nearest existing folder above it must be writable) or refuses a
-    new file (probed with a temporary file that is removed at once: permissions, read-only
-    or virtual file systems such as /proc)."""
+    """Why `path` cannot be written as a file for `flag` (None if it can), checked before
+    anything runs. Refused: an empty path; a path ending in a separator (a folder's); a
+    folder; something other than a regular file (a device such as /dev/null, a pipe: the
+    atomic write would replace it); a name without `suffix`; a name too long for the folder
+    once the writer's temporary name is added; a missing folder (with make_folders: a
+    nearest existing folder above it that is not a folder or refuses a new folder); a folder
+    that refuses a new file. Both last checks create a temporary file or folder and remove
+    it at once (permissions, read-only and virtual file systems such as /proc, for root
+    too). A path that cannot be examined (a folder on the way that cannot be entered) is
+    refused with the system's reason."""
     if path == "":
         return f"{flag}: the path is empty; give a file path"
+    try:
+        return _problem(path, flag, suffix, make_folders)
+    except OSError as err:
+        return f"{flag} {path!r}: cannot be examined ({err.strerror or err})"
+
+
+def _problem(path: str, flag: str, suffix: str | None, make_folders: bool) -> str | None:
     p = Path(path)
     if p.is_dir():
         example = p / f"out{suffix or ''}"
         return f"{flag} {path}: is a folder; give a file path such as {example}"
-    if p.exists() and not p.is_file():
-        return (f"{flag} {path}: exists and is not a regular file (a device, pipe or socket); "
-                "give a new file path or a regular file's")
+    if path.endswith(("/", os.sep)):
+        return f"{flag} {path}: ends in '/', a folder's path; give a file path"
+    if os.path.lexists(p) and not p.is_file():
+        return (f"{flag} {path}: exists and is not a regular file (a device, pipe, socket or "
+                "dangling link); give a new file path or a regular file's")
     if suffix is not None and p.suffix.lower() != suffix:
         return f"{flag} {path}: the file name must end in {suffix}"
     folder = p.absolute().parent
-    if not folder.is_dir():
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            return f"{flag} {path}: {existing} is a file, not a folder"
-        if not make_folders:
-            return f"{flag} {path}: folder {folder} does not exist"
-        if not os.access(existing, os.W_OK | os.X_OK):
-            return f"{flag} {path}: folder {existing} is not writable (to make {folder})"
-        return None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{flag} {path}: folder {folder} is not writable"
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag} {path}: {existing} is not a folder"
+    if existing != folder and not make_folders:
+        return f"{flag} {path}: folder {folder} does not exist"
+    limit = os.pathconf(existing, "PC_NAME_MAX")
+    longest = max([len(os.fsencode(part)) for part in folder.relative_to(existing).parts]
+                  + [len(os.fsencode(p.name)) + TEMP_NAME_EXTRA])
+    if longest > limit:
+        return (f"{flag} {path}: a name in it is too long for the file system ({limit} bytes "
+                f"at most, {TEMP_NAME_EXTRA} of them kept for the temporary file)")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".analogpipe-probe-", dir=folder)
+        if existing == folder:
+            fd, probe = tempfile.mkstemp(prefix=".analogpipe-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            shutil.rmtree(tempfile.mkdtemp(prefix=".analogpipe-probe-", dir=existing))
     except OSError as err:
-        return f"{flag} {path}: cannot create a file in folder {folder} ({err.strerror})"
-    os.close(fd)
-    os.unlink(probe)
+        what = "a file" if existing == folder else f"folders (to make {folder})"
+        return f"{flag} {path}: cannot create {what} in folder {existing} ({err.strerror})"
     return None
