@@ -399,6 +399,18 @@ def test_small_rows_periphery_equals_the_torch_ops_bit_for_bit(io, monkeypatch):
         assert mvm is None or _same(mvm, rmvm), (shape, "mvm")
 
 
+def _compiled_route(route: str, monkeypatch) -> None:
+    """Skip without the numba kernels; run them on torch's team ("openmp-team") or on the
+    pool, in parts small enough that the test sizes use several."""
+    import analogpipe.tiles.io as io_mod
+    from analogpipe.tiles import rng
+
+    if io_mod.jit.load("_periphery_jit") is None:
+        pytest.skip("numba kernels unavailable")
+    monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
+    monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
+
+
 @pytest.mark.parametrize("route", ["openmp-team", "thread-pool"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=range(len(GEOMETRIES)))
 def test_compiled_patch_absmax_equals_the_max_pool_route(geometry, route, monkeypatch):
@@ -406,13 +418,9 @@ def test_compiled_patch_absmax_equals_the_max_pool_route(geometry, route, monkey
     bit (strides, dilation, padding, 1xk kernels), NaN and inf included, on torch's team and
     on the pool."""
     import analogpipe.tiles.io as io_mod
-    from analogpipe.tiles import rng
     from analogpipe.tiles.io import PatchGeometry
 
-    if io_mod.jit.load("_periphery_jit") is None:
-        pytest.skip("numba kernels unavailable")
-    monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
-    monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
+    _compiled_route(route, monkeypatch)
     ks, st, pad, dil, hw, c, _, n = geometry
     geo = PatchGeometry(ks, st, pad, dil)
     x = torch.randn(n, c, *hw, generator=torch.Generator().manual_seed(3))
@@ -492,7 +500,6 @@ def test_compiled_conv_dac_factors_and_error_dac_equal_the_torch_ops(geometry, r
     errors' DAC of columns (`_dac_columns`: abs-maxima, factors and levels) and so the conv
     backward; on torch's team and on the pool."""
     import analogpipe.tiles.io as io_mod
-    from analogpipe.tiles import rng
     from analogpipe.tiles.io import (
         PatchGeometry,
         _dac,
@@ -501,10 +508,7 @@ def test_compiled_conv_dac_factors_and_error_dac_equal_the_torch_ops(geometry, r
         analog_mvm_patches,
     )
 
-    if io_mod.jit.load("_periphery_jit") is None:
-        pytest.skip("numba kernels unavailable")
-    monkeypatch.setattr(rng, "KERNEL_PART", 1 << 10)
-    monkeypatch.setattr(rng, "TEAM", route == "openmp-team")
+    _compiled_route(route, monkeypatch)
     ks, st, pad, dil, hw, c, out, n = geometry
     geo = PatchGeometry(ks, st, pad, dil)
     ho, wo = geo.output_hw(*hw)

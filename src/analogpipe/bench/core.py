@@ -172,6 +172,10 @@ class Stepper:
         for p, t in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)):
             self.phases[p].append(t)
 
+    def step_times(self) -> list[float]:
+        """Seconds of every timed step (forward + backward + optimizer)."""
+        return [sum(t) for t in zip(*(self.phases[p] for p in PHASES))]
+
     def split_ms(self) -> str:
         return "/".join(f"{1e3 * median(self.phases[p]):.3g}" for p in PHASES)
 
@@ -227,22 +231,28 @@ def build_pair(case: Case, mode: str, seed: int = 0, device: str = "cpu"):
     return d, a
 
 
-def time_steppers(d: Stepper, a: Stepper, case: Case,
-                  before_timing: Callable[[], None] | None = None) -> None:
-    """Alternate digital and analog steps (load drift hits both) after a warm-up."""
+def time_pairs(d: Stepper, analogs: list[Stepper], case: Case,
+               before_timing: Callable[[], None] | None = None) -> None:
+    """Alternate digital and analog steps after a warm-up (then `before_timing`, untimed):
+    every round steps the digital model, then the first analog one, the digital one again,
+    the second, and so on, so each analog step follows a digital step and load drift hits
+    every model alike; the budget covers one pair per analog model and repeat."""
+    def round_() -> None:
+        for a in analogs:
+            d()
+            a()
+
     for _ in range(case.warmup):
-        d()
-        a()
+        round_()
     if before_timing is not None:
         before_timing()
-    for s in (d, a):
+    for s in (d, *analogs):
         for p in PHASES:
             s.phases[p].clear()
     start = time.perf_counter()
     for i in range(case.repeats):
-        d()
-        a()
-        if i >= 2 and time.perf_counter() - start > case.budget_s:
+        round_()
+        if i >= 2 and time.perf_counter() - start > case.budget_s * len(analogs):
             break
 
 
@@ -267,12 +277,11 @@ def bench_cases(quick: bool, device: str = "cpu", group: str = "core") -> list[R
             d, a = build_pair(case, mode, device=device)
             bl_start: list[tuple[float, float]] = []
             if mode == "pulsed":  # train lengths once before the timed steps (untimed step)
-                time_steppers(d, a, case,
-                              lambda a=a, out=bl_start: out.append(mean_train_length(a)))
+                time_pairs(d, [a], case,
+                           lambda a=a, out=bl_start: out.append(mean_train_length(a)))
             else:
-                time_steppers(d, a, case)
-            step_d = [sum(t) for t in zip(*(d.phases[p] for p in PHASES))]
-            step_a = [sum(t) for t in zip(*(a.phases[p] for p in PHASES))]
+                time_pairs(d, [a], case)
+            step_d, step_a = d.step_times(), a.step_times()
             details = {
                 "analog_ms": {p: 1e3 * median(a.phases[p]) for p in PHASES},
                 "digital_ms": {p: 1e3 * median(d.phases[p]) for p in PHASES},
@@ -323,28 +332,6 @@ def floor_configs(case: Case, mode: str) -> dict[str, TileConfig]:
     return dict(zip(FLOOR_VARIANTS, (paper, exact, ideal_config())))
 
 
-def time_pairs(d: Stepper, analogs: list[Stepper], case: Case) -> None:
-    """`time_steppers` for several analog models at once: every round steps the digital
-    model, then the first analog one, the digital one again, the second, and so on, so each
-    analog step follows a digital step as in the core rows and load drift hits every model
-    alike; the budget covers one pair per analog model and repeat."""
-    def round_() -> None:
-        for a in analogs:
-            d()
-            a()
-
-    for _ in range(case.warmup):
-        round_()
-    for s in (d, *analogs):
-        for p in PHASES:
-            s.phases[p].clear()
-    start = time.perf_counter()
-    for i in range(case.repeats):
-        round_()
-        if i >= 2 and time.perf_counter() - start > case.budget_s * len(analogs):
-            break
-
-
 @register("floor")
 def bench_floor(quick: bool) -> list[Row]:
     """The linear core cases with two more analog models in the same run (`time_pairs`): exact MVMs
@@ -360,9 +347,9 @@ def bench_floor(quick: bool) -> list[Row]:
                      if mode == "expected" or n != "digital-equivalent tile"]
             d, analogs = build_steppers(case, [configs[n] for n in names])
             time_pairs(d, analogs, case)
-            step_d = [sum(t) for t in zip(*(d.phases[p] for p in PHASES))]
+            step_d = d.step_times()
             for name, a in zip(names, analogs):
-                step_a = [sum(t) for t in zip(*(a.phases[p] for p in PHASES))]
+                step_a = a.step_times()
                 details = {"analog_ms": {p: 1e3 * median(a.phases[p]) for p in PHASES},
                            "digital_ms": {p: 1e3 * median(d.phases[p]) for p in PHASES},
                            "loss": case.reduction, "tile_config": configs[name].to_dict()}

@@ -566,12 +566,8 @@ def _adc_compiled(kernels, y: Tensor, io: IOConfig, alpha: Tensor | None,
                   generator: torch.Generator | None, columns: bool) -> Tensor:
     """`_adc` in one compiled pass (see `_rngkernel_jit.adc_range_`); the noise key is drawn
     as `rng.add_normal_` draws it, so the values are those of the torch passes."""
-    if alpha is None:
-        seg, per_a = y.shape[-1], 0
-    elif columns:  # [N, out, L], alpha [N, 1, L]
-        seg, per_a = y.shape[2], y.shape[1]
-    else:  # rows [..., out], alpha [..., 1]
-        seg, per_a = y.shape[-1], 0
+    # columns [N, out, L] with alpha [N, 1, L]; else rows [..., out] (alpha [..., 1] or none)
+    seg, per_a = (y.shape[2], y.shape[1]) if columns and alpha is not None else (y.shape[-1], 0)
     size = y.numel()
     a_ptr, a_len = (0, 0) if alpha is None else (alpha.data_ptr(), alpha.numel())
     seed, *args = _adc_args(io, generator)

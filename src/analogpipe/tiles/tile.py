@@ -43,6 +43,7 @@ from analogpipe.tiles import jit
 from analogpipe.tiles.io import (
     IOConfig,
     PatchGeometry,
+    _rows_ok,
     analog_mvm,
     analog_mvm_fold,
     analog_mvm_patches,
@@ -565,13 +566,11 @@ def _small_products(grad: Tensor, prod: Tensor | None, scale: Tensor | None
     (contiguous) by the output scales, and whether grad's are all finite
     (`_periphery_jit.scale_products_`: the same values as its torch ops), or None where that
     does not apply (no output scales among them: nothing to compensate)."""
-    if not (SMALL_PRODUCTS and scale is not None and grad.dim() == 2 and grad.dtype == torch.float32
-            and grad.device.type == "cpu" and grad.is_contiguous()
+    if not (SMALL_PRODUCTS and scale is not None and grad.dim() == 2 and _rows_ok(grad)
             and 0 < grad.numel() <= SMALL_PRODUCTS_MAX
             and scale.dtype == torch.float32 and scale.is_contiguous()
             and scale.shape == (grad.shape[0],)
-            and (prod is None or (prod.shape == grad.shape and prod.dtype == grad.dtype
-                                  and prod.device.type == "cpu" and prod.is_contiguous()))):
+            and (prod is None or (prod.shape == grad.shape and _rows_ok(prod)))):
         return None
     kernels = jit.load("_periphery_jit")
     if kernels is None:
